@@ -1,0 +1,37 @@
+# The two set-up commands of README.md: `make testnet` and `make test`. Both create .venv if
+# missing and install gossipd with pinned versions (constraints.txt) before running.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+NODES ?= 4
+SECONDS ?= 60
+PARTITION ?= dirichlet:0.1
+OUT ?= testnet-out
+
+.PHONY: testnet test unit lint fmt clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+testnet: $(STAMP)
+	$(BIN)/python scripts/testnet.py run --nodes $(NODES) --seconds $(SECONDS) \
+		--partition $(PARTITION) --out $(OUT)
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check gossipd protocol tests scripts
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix gossipd protocol tests scripts
+
+clean:
+	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

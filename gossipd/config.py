@@ -1,0 +1,217 @@
+"""One typed configuration object, read from TOML and validated strictly.
+
+Rules:
+- Every key is known. An unknown key or a value of the wrong type/range raises ConfigError naming the
+  dotted key and what was expected; `gossipd` turns that into exit status 2.
+- Defaults are what a single node on a laptop should use; the testnet overrides only what it must.
+- Paths are resolved relative to the config file's directory, so a unit file can point at one file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gossipd.data import TASKS, Partition
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    state_dir: Path = Path("/var/lib/gossipd")
+    control_socket: Path | None = None  # default: <state_dir>/control.sock
+    log_level: str = "info"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.control_socket or self.state_dir / "control.sock"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/4001",)
+    bootstrap: tuple[str, ...] = ()
+    dial_timeout_s: float = 5.0
+    discovery_interval_s: float = 2.0
+    max_peers: int = 64
+
+
+@dataclass(frozen=True)
+class AveragingConfig:
+    enabled: bool = True
+    interval_s: float = 0.5
+    timeout_s: float = 10.0
+    weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "digits-mlp"
+    partition: str = "iid"
+    num_shards: int = 1
+    shard_index: int = 0
+    seed: int = 0
+    steps_per_second: float = 20.0
+    eval_interval_s: float = 2.0
+    hidden: int = 64
+    lr: float | None = None  # None: the trainer's tuned default
+    lr_min: float | None = None
+    decay_steps: int | None = None
+    batch_size: int | None = None
+    momentum: float | None = None
+    l2: float | None = None
+
+    @property
+    def parsed_partition(self) -> Partition:
+        return Partition.parse(self.partition)
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeConfig,
+    "network": NetworkConfig,
+    "averaging": AveragingConfig,
+    "train": TrainConfig,
+}
+
+def _parses(text: str) -> bool:
+    try:
+        Partition.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Extra per-key checks beyond the type: (predicate, what was expected).
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "node.log_level": (
+        lambda v: v in ("debug", "info", "warning", "error"),
+        "one of debug, info, warning, error",
+    ),
+    "network.dial_timeout_s": (lambda v: 0 < v <= 120, "a number of seconds in (0, 120]"),
+    "network.discovery_interval_s": (lambda v: 0 < v <= 3600, "seconds in (0, 3600]"),
+    "network.max_peers": (lambda v: 1 <= v <= 10_000, "an integer in [1, 10000]"),
+    "network.listen": (lambda v: len(v) >= 1 and all(s.startswith("/") for s in v),
+                       "a non-empty list of multiaddrs like \"/ip4/127.0.0.1/tcp/4001\""),
+    "network.bootstrap": (lambda v: all("/p2p/" in s for s in v),
+                          "multiaddrs that end in /p2p/<peer id>"),
+    "averaging.interval_s": (lambda v: 0.01 <= v <= 86400, "seconds in [0.01, 86400]"),
+    "averaging.timeout_s": (lambda v: 0.1 <= v <= 600, "seconds in [0.1, 600]"),
+    "averaging.weight": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "train.task": (lambda v: v in TASKS, "one of " + ", ".join(TASKS)),
+    "train.partition": (_parses, "\"iid\" or \"dirichlet:ALPHA\""),
+    "train.num_shards": (lambda v: 1 <= v <= 100_000, "an integer >= 1"),
+    "train.shard_index": (lambda v: v >= 0, "an integer >= 0 and < train.num_shards"),
+    "train.steps_per_second": (lambda v: 0 < v <= 100_000, "a positive number"),
+    "train.eval_interval_s": (lambda v: 0 < v <= 86400, "a positive number of seconds"),
+    "train.hidden": (lambda v: 1 <= v <= 4096, "an integer in [1, 4096]"),
+    "train.lr": (lambda v: v is None or v > 0, "a positive number"),
+    "train.lr_min": (lambda v: v is None or v >= 0, "a number >= 0"),
+    "train.decay_steps": (lambda v: v is None or v >= 1, "an integer >= 1"),
+    "train.batch_size": (lambda v: v is None or 1 <= v <= 65536, "an integer in [1, 65536]"),
+    "train.momentum": (lambda v: v is None or 0 <= v < 1, "a number in [0, 1)"),
+    "train.l2": (lambda v: v is None or v >= 0, "a number >= 0"),
+}
+
+
+def _type_name(annotation: str) -> str:
+    return {
+        "Path": "a path string",
+        "Path | None": "a path string",
+        "str": "a string",
+        "bool": "true or false",
+        "int": "an integer",
+        "float": "a number",
+        "float | None": "a number",
+        "int | None": "an integer",
+        "tuple[str, ...]": "a list of strings",
+    }.get(annotation, annotation)
+
+
+def _coerce(key: str, annotation: str, value: Any, base: Path) -> Any:
+    """Convert one TOML value to the field's type, or raise ConfigError naming the key."""
+    bad = ConfigError(f"config key '{key}': expected {_type_name(annotation)}, got {value!r}")
+    if annotation in ("Path", "Path | None"):
+        if not isinstance(value, str) or not value:
+            raise bad
+        path = Path(value)
+        return path if path.is_absolute() else (base / path)
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if annotation in ("int", "int | None"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if annotation in ("float", "float | None"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if annotation == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad
+        return tuple(value)
+    raise bad  # pragma: no cover - every field annotation is listed above
+
+
+def from_mapping(data: Mapping[str, Any], base: Path) -> Config:
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(
+                f"config: unknown section '{name}'; known sections: {', '.join(_SECTIONS)}"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: '{name}' must be a table ([{name}])")
+        cls = _SECTIONS[name]
+        known = {f.name: str(f.type) for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in value.items():
+            dotted = f"{name}.{key}"
+            if key not in known:
+                raise ConfigError(
+                    f"config: unknown key '{dotted}'; known keys in [{name}]: {', '.join(known)}"
+                )
+            coerced = _coerce(dotted, known[key], raw, base)
+            check = _CHECKS.get(dotted)
+            if check is not None and not check[0](coerced):
+                raise ConfigError(f"config key '{dotted}': expected {check[1]}, got {raw!r}")
+            kwargs[key] = coerced
+        sections[name] = cls(**kwargs)
+    config = Config(**sections)
+    if config.train.shard_index >= config.train.num_shards:
+        raise ConfigError(
+            f"config key 'train.shard_index': expected an integer < train.num_shards "
+            f"({config.train.num_shards}), got {config.train.shard_index}"
+        )
+    return config
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from exc
+    return from_mapping(data, path.resolve().parent)

@@ -1,0 +1,210 @@
+"""The node: a thin trio shell composing transport, peer table, trainer, averaging and control.
+
+Tasks under one nursery (structured concurrency; any crash stops the node cleanly):
+  training   paced JAX steps in a worker thread            (gossipd/runner.py)
+  evaluation test accuracy every train.eval_interval_s      (gossipd/runner.py)
+  discovery  peer exchange every network.discovery_interval_s (gossipd/discovery.py)
+  averaging  every averaging.interval_s (+-25% jitter), one push-pull with a random live peer
+  control    the Unix control socket                        (gossipd/control.py)
+Inbound streams are served by handlers registered on the transport.
+
+Rules: every network operation runs under a deadline; a failure is counted against the peer (with
+backoff) and never stops training. Bad input from a peer is a strike for that peer.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from gossipd import discovery, exchange
+from gossipd.config import Config
+from gossipd.netapi import Stream, Transport, TransportError
+from gossipd.peers import PeerTable
+from gossipd.runner import ModelRunner
+from protocol.errors import ProtocolError
+from protocol.messages import AVG_PROTOCOL_ID, PEERS_PROTOCOL_ID
+
+log = logging.getLogger("gossipd.node")
+
+JITTER = 0.25
+
+
+@dataclass
+class ExchangeStats:
+    ok: int = 0
+    failed: int = 0
+    served_ok: int = 0
+    served_failed: int = 0
+    last_error: str | None = None
+    bytes: exchange.ByteCounter = field(default_factory=exchange.ByteCounter)
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        transport: Transport,
+        runner: ModelRunner,
+        seed: bytes,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.runner = runner
+        self.rng = rng or random.Random()
+        self.peers = PeerTable(transport.peer_id, config.network.max_peers, self.rng)
+        self.stats = ExchangeStats()
+        self.discovery_stats = discovery.DiscoveryStats()
+        self.model = exchange.LocalModel(
+            peer_id_bytes=transport.peer_id_bytes(transport.peer_id),
+            seed=seed,
+            spec=runner.trainer.spec,
+            num_params=runner.trainer.num_params,
+            snapshot=runner.snapshot,
+            apply_remote=runner.apply_remote,
+        )
+        self.started_at = trio.current_time()
+
+    # -- inbound --
+    async def _on_avg_stream(self, stream: Stream) -> None:
+        peer_id = stream.remote_peer
+        if not self.config.averaging.enabled:
+            await stream.reset()
+            return
+        self.peers.add(peer_id, [], trio.current_time())
+        try:
+            await exchange.respond(
+                self.transport, stream, self.model, self.config.averaging.timeout_s,
+                self.stats.bytes,
+            )
+        except (ProtocolError, exchange.PeerRefused) as exc:
+            self._failed(peer_id, exc, strike=isinstance(exc, ProtocolError), served=True)
+        except (TransportError, trio.TooSlowError) as exc:
+            self._failed(peer_id, exc, strike=False, served=True)
+        else:
+            self.stats.served_ok += 1
+            self.peers.record_exchange(peer_id, True, trio.current_time())
+
+    async def _on_peers_stream(self, stream: Stream) -> None:
+        await discovery.serve(
+            self.transport, stream, self.peers, self.discovery_stats, trio.current_time,
+            self.config.network.dial_timeout_s,
+        )
+
+    def _failed(self, peer_id: str, exc: BaseException, *, strike: bool, served: bool) -> None:
+        if served:
+            self.stats.served_failed += 1
+        else:
+            self.stats.failed += 1
+        self.stats.last_error = f"{peer_id[-8:]}: {type(exc).__name__}: {exc}"[:300]
+        self.peers.record_exchange(peer_id, False, trio.current_time())
+        if strike:
+            count = self.peers.strike(peer_id)
+            log.warning("strike %d for %s: %s", count, peer_id, exc)
+        else:
+            log.info("exchange with %s failed: %s: %s", peer_id, type(exc).__name__, exc)
+
+    # -- outbound --
+    async def _average_once(self, peer_id: str) -> None:
+        timeout = self.config.averaging.timeout_s
+        try:
+            entry = self.peers.get(peer_id)
+            if entry is not None and not self.transport.is_connected(peer_id):
+                with trio.fail_after(self.config.network.dial_timeout_s):
+                    await self.transport.connect(peer_id, entry.addrs)
+            await exchange.initiate(self.transport, peer_id, self.model, timeout, self.stats.bytes)
+        except (ProtocolError, exchange.PeerRefused) as exc:
+            self._failed(peer_id, exc, strike=isinstance(exc, ProtocolError), served=False)
+        except (TransportError, trio.TooSlowError) as exc:
+            self._failed(peer_id, exc, strike=False, served=False)
+        else:
+            self.stats.ok += 1
+            self.peers.record_exchange(peer_id, True, trio.current_time())
+
+    async def _averaging_loop(self) -> None:
+        interval = self.config.averaging.interval_s
+        while True:
+            await trio.sleep(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+            peer_id = self.peers.pick(trio.current_time())
+            if peer_id is not None:
+                await self._average_once(peer_id)
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            await discovery.discovery_round(
+                self.transport, self.peers, self.config.network.bootstrap,
+                self.discovery_stats, trio.current_time, self.config.network.dial_timeout_s,
+            )
+            await trio.sleep(self.config.network.discovery_interval_s)
+
+    # -- control --
+    def status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        train = self.runner.status
+        return {
+            "peer_id": self.transport.peer_id,
+            "listen_addrs": self.transport.listen_addrs(),
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started_at, 3),
+            "task": self.config.train.task,
+            "spec": self.model.spec,
+            "shard": f"{self.config.train.shard_index}/{self.config.train.num_shards}",
+            "partition": self.config.train.partition,
+            "averaging": self.config.averaging.enabled,
+            "step": train.step,
+            "loss": train.loss,
+            "accuracy": train.accuracy,
+            "accuracy_step": train.accuracy_step,
+            "mixes": train.mixes,
+            "known_peers": self.peers.known(),
+            "live_peers": sum(1 for p in self.peers.snapshot(now) if p["live"]),
+            "exchanges_ok": self.stats.ok,
+            "exchanges_failed": self.stats.failed,
+            "exchanges_served_ok": self.stats.served_ok,
+            "exchanges_served_failed": self.stats.served_failed,
+            "last_error": self.stats.last_error,
+            "bytes_sent": self.stats.bytes.sent,
+            "bytes_received": self.stats.bytes.received,
+        }
+
+    def params(self) -> dict[str, Any]:
+        flat, step = self.runner.snapshot()
+        return {
+            "spec": self.model.spec,
+            "step": step,
+            "dtype": "<f4",
+            "n": int(flat.size),
+            "data": base64.b64encode(flat.astype("<f4").tobytes()).decode(),
+        }
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "status": lambda _req: self.status(),
+            "params": lambda _req: self.params(),
+            "peers": lambda _req: self.peers.snapshot(trio.current_time()),
+        }
+
+    async def run(
+        self, control: trio.SocketListener | None,
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        from gossipd.control import serve_control
+
+        self.transport.set_handler(AVG_PROTOCOL_ID, self._on_avg_stream)
+        self.transport.set_handler(PEERS_PROTOCOL_ID, self._on_peers_stream)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.runner.run_training)
+            await nursery.start(self.runner.run_evaluation)
+            nursery.start_soon(self._discovery_loop)
+            if self.config.averaging.enabled:
+                nursery.start_soon(self._averaging_loop)
+            if control is not None:
+                await nursery.start(serve_control, control, self.handlers())
+            task_status.started()

@@ -1,0 +1,173 @@
+"""One push-pull averaging exchange over a stream, both roles.
+
+Wire flow (protocol/SPEC.md): initiator -> Hello, responder -> Hello, then both send their
+encrypted Params concurrently and read the other's. Sending and reading at the same time matters:
+yamux resets a sender whose peer stops reading for 5 s, so write-all-then-read deadlocks on large
+models.
+
+Rules:
+- The whole exchange runs under one deadline (averaging.timeout_s): a frozen peer costs at most that.
+- Any protocol error from the peer is answered with an ErrorMsg naming the problem (best effort),
+  and raised to the caller, which counts a failure and a strike; nothing here stops the daemon.
+- The parameters sent are a snapshot taken before the handshake; the remote vector is handed to
+  `apply_remote`, which mixes it into whatever the local model is by then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import trio
+
+from gossipd.netapi import MessageStream, Stream, Transport, TransportError
+from protocol.errors import ProtocolError, UnexpectedMessage
+from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, Params, encode_message
+from protocol.session import AveragingSession
+
+
+class PeerRefused(Exception):
+    """The peer answered with an ErrorMsg instead of taking part."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"peer refused: {code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """What an exchange needs from the node: identity, model spec, snapshot and mixing hooks."""
+
+    peer_id_bytes: bytes
+    seed: bytes
+    spec: str
+    num_params: int
+    snapshot: Callable[[], tuple[np.ndarray, int]]
+    apply_remote: Callable[[np.ndarray, int], None]
+
+
+@dataclass(frozen=True)
+class ExchangeOutcome:
+    peer_id: str
+    remote_step: int
+    bytes_sent: int
+    bytes_received: int
+
+
+@dataclass
+class ByteCounter:
+    """Bytes moved by exchanges, success or not, so status shows the real cost."""
+
+    sent: int = 0
+    received: int = 0
+
+    def add(self, stream: MessageStream) -> None:
+        self.sent += stream.bytes_sent
+        self.received += stream.bytes_received
+
+
+def _expect(msg: Message, kind: type) -> None:
+    if isinstance(msg, ErrorMsg):
+        raise PeerRefused(msg.code, msg.message)
+    if not isinstance(msg, kind):
+        raise UnexpectedMessage(f"expected {kind.__name__}, got {type(msg).__name__}")
+
+
+async def _swap_params(ms: MessageStream, frame: bytes) -> Params:
+    received: list[Message] = []
+
+    async def read() -> None:
+        received.append(await ms.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ms.send, frame)
+        nursery.start_soon(read)
+    msg = received[0]
+    _expect(msg, Params)
+    assert isinstance(msg, Params)
+    return msg
+
+
+async def _send_error(ms: MessageStream, exc: ProtocolError) -> None:
+    with contextlib.suppress(TransportError), trio.move_on_after(1):
+        await ms.send(encode_message(ErrorMsg(code=exc.code, message=str(exc)[:512])))
+
+
+async def initiate(
+    transport: Transport, peer_id: str, model: LocalModel, timeout: float, counter: ByteCounter
+) -> ExchangeOutcome:
+    """Average with `peer_id`. Raises TransportError, ProtocolError, PeerRefused or TooSlowError."""
+    with trio.fail_after(timeout):
+        stream = await transport.open_stream(peer_id, AVG_PROTOCOL_ID)
+        ms = MessageStream(stream)
+        try:
+            flat, step = model.snapshot()
+            session = AveragingSession(
+                initiator=True,
+                local_peer_id=model.peer_id_bytes,
+                local_seed=model.seed,
+                remote_peer_id=transport.peer_id_bytes(peer_id),
+                spec=model.spec,
+                num_params=model.num_params,
+                step=step,
+            )
+            await ms.send(session.hello())
+            reply = await ms.receive()
+            _expect(reply, Hello)
+            assert isinstance(reply, Hello)
+            try:
+                session.receive_hello(reply)
+            except ProtocolError as exc:
+                await _send_error(ms, exc)
+                raise
+            params = await _swap_params(ms, session.params_frame(flat, step))
+            remote, remote_step = session.receive_params(params)
+            model.apply_remote(remote, remote_step)
+            return ExchangeOutcome(peer_id, remote_step, ms.bytes_sent, ms.bytes_received)
+        finally:
+            counter.add(ms)
+            await _close(stream)
+
+
+async def respond(
+    transport: Transport, stream: Stream, model: LocalModel, timeout: float, counter: ByteCounter
+) -> ExchangeOutcome:
+    """Serve one exchange started by `stream.remote_peer`. Raises like `initiate`."""
+    peer_id = stream.remote_peer
+    ms = MessageStream(stream)
+    try:
+        with trio.fail_after(timeout):
+            first = await ms.receive()
+            try:
+                _expect(first, Hello)
+                assert isinstance(first, Hello)
+                flat, step = model.snapshot()
+                session = AveragingSession(
+                    initiator=False,
+                    local_peer_id=model.peer_id_bytes,
+                    local_seed=model.seed,
+                    remote_peer_id=transport.peer_id_bytes(peer_id),
+                    spec=model.spec,
+                    num_params=model.num_params,
+                    step=step,
+                    exchange_id=first.exchange_id,
+                )
+                session.receive_hello(first)
+            except ProtocolError as exc:
+                await _send_error(ms, exc)
+                raise
+            await ms.send(session.hello())
+            params = await _swap_params(ms, session.params_frame(flat, step))
+            remote, remote_step = session.receive_params(params)
+            model.apply_remote(remote, remote_step)
+            return ExchangeOutcome(peer_id, remote_step, ms.bytes_sent, ms.bytes_received)
+    finally:
+        counter.add(ms)
+        await _close(stream)
+
+
+async def _close(stream: Stream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        await stream.aclose()

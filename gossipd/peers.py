@@ -1,0 +1,144 @@
+"""The peer table: who we know, where they listen, and whether they are worth dialling now.
+
+Rules:
+- Pure bookkeeping: time comes in as an argument, randomness from an injected random.Random, so
+  the table is tested without a clock or a network.
+- A peer that fails (dial, exchange) is backed off exponentially (1 s doubling to 30 s); one
+  success clears it. A crashed peer therefore costs the swarm a few cheap failures, not a stall.
+- Addresses learned from others are capped (per peer and in total) so a chatty or hostile peer
+  cannot grow our memory.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 30.0
+MAX_ADDRS_PER_PEER = 8
+
+
+@dataclass
+class PeerEntry:
+    peer_id: str
+    addrs: list[str] = field(default_factory=list)
+    first_seen: float = 0.0
+    last_ok: float | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    exchanges_ok: int = 0
+    exchanges_failed: int = 0
+    strikes: int = 0
+
+    def available(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        return {
+            "peer_id": self.peer_id,
+            "addrs": list(self.addrs),
+            "live": self.available(now),
+            "failures": self.failures,
+            "exchanges_ok": self.exchanges_ok,
+            "exchanges_failed": self.exchanges_failed,
+            "strikes": self.strikes,
+            "last_ok_age_s": None if self.last_ok is None else round(now - self.last_ok, 3),
+        }
+
+
+def split_p2p_addr(addr: str) -> tuple[str, str]:
+    """'/ip4/1.2.3.4/tcp/1/p2p/12D3...' -> ('/ip4/1.2.3.4/tcp/1', '12D3...')."""
+    base, sep, peer_id = addr.rpartition("/p2p/")
+    if not sep or not base or not peer_id or "/" in peer_id:
+        raise ValueError(f"address {addr!r} does not end in /p2p/<peer id>")
+    return base, peer_id
+
+
+class PeerTable:
+    def __init__(self, self_id: str, max_peers: int, rng: random.Random) -> None:
+        self.self_id = self_id
+        self.max_peers = max_peers
+        self._rng = rng
+        self._peers: dict[str, PeerEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._peers
+
+    def get(self, peer_id: str) -> PeerEntry | None:
+        return self._peers.get(peer_id)
+
+    def add(self, peer_id: str, addrs: list[str], now: float) -> bool:
+        """Learn or refresh a peer; returns True if it was new. Ignores ourselves and overflow."""
+        if peer_id == self.self_id:
+            return False
+        entry = self._peers.get(peer_id)
+        if entry is None:
+            if len(self._peers) >= self.max_peers:
+                return False
+            entry = PeerEntry(peer_id=peer_id, first_seen=now)
+            self._peers[peer_id] = entry
+            new = True
+        else:
+            new = False
+        for addr in addrs:
+            if addr not in entry.addrs:
+                entry.addrs.append(addr)
+        del entry.addrs[:-MAX_ADDRS_PER_PEER]  # keep the newest
+        return new
+
+    def record_ok(self, peer_id: str, now: float) -> None:
+        entry = self._peers.get(peer_id)
+        if entry is not None:
+            entry.failures = 0
+            entry.retry_at = now
+            entry.last_ok = now
+
+    def record_failure(self, peer_id: str, now: float) -> None:
+        entry = self._peers.get(peer_id)
+        if entry is not None:
+            entry.failures += 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** (entry.failures - 1))
+            entry.retry_at = now + delay
+
+    def record_exchange(self, peer_id: str, ok: bool, now: float) -> None:
+        entry = self._peers.get(peer_id)
+        if entry is None:
+            return
+        if ok:
+            entry.exchanges_ok += 1
+            self.record_ok(peer_id, now)
+        else:
+            entry.exchanges_failed += 1
+            self.record_failure(peer_id, now)
+
+    def strike(self, peer_id: str) -> int:
+        entry = self._peers.get(peer_id)
+        if entry is None:
+            return 0
+        entry.strikes += 1
+        return entry.strikes
+
+    def pick(self, now: float) -> str | None:
+        """A uniformly random peer that is not backed off, or None."""
+        live = [p.peer_id for p in self._peers.values() if p.available(now)]
+        return self._rng.choice(live) if live else None
+
+    def sample(self, k: int, now: float) -> list[str]:
+        live = [p.peer_id for p in self._peers.values() if p.available(now)]
+        return self._rng.sample(live, min(k, len(live)))
+
+    def known(self) -> list[str]:
+        return sorted(self._peers)
+
+    def records(self, exclude: str, limit: int) -> list[tuple[str, list[str]]]:
+        """(peer_id, addrs) to tell another peer about: those we reached, then the rest."""
+        entries = [p for p in self._peers.values() if p.peer_id != exclude and p.addrs]
+        entries.sort(key=lambda p: (p.last_ok is None, p.failures))
+        return [(p.peer_id, list(p.addrs)) for p in entries[:limit]]
+
+    def snapshot(self, now: float) -> list[dict[str, object]]:
+        return [self._peers[k].as_dict(now) for k in sorted(self._peers)]

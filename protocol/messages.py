@@ -1,0 +1,290 @@
+"""Protocol messages: frozen dataclasses <-> validated wire maps.
+
+Every wire map carries ``"t"`` (the message type) plus the fields listed in
+SPEC.md. Validation rules (applied by ``from_wire`` and, on the sending side, by
+``to_wire`` so we never emit something a conforming peer would reject):
+  * a missing field, a wrong type or a wrong fixed length -> DecodeError;
+  * a count or length over the caps below -> LimitExceeded;
+  * Hello.version != PROTOCOL_VERSION -> VersionMismatch;
+  * unknown ``"t"`` -> DecodeError; unknown *extra keys* are ignored, so a
+    minor revision may add optional fields without bumping the version.
+``bool`` is never accepted where an int is expected (msgpack keeps them apart).
+Sequence fields are normalised to tuples, so messages are immutable and compare
+equal regardless of whether a list or tuple was passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DecodeError, LimitExceeded, VersionMismatch
+from .framing import encode_frame
+
+__all__ = [
+    "AVG_PROTOCOL_ID",
+    "PEERS_PROTOCOL_ID",
+    "PROTOCOL_VERSION",
+    "ErrorMsg",
+    "Hello",
+    "Message",
+    "Params",
+    "PeerRecord",
+    "PeersRequest",
+    "PeersResponse",
+    "encode_message",
+    "from_wire",
+    "to_wire",
+]
+
+PROTOCOL_VERSION = 1
+AVG_PROTOCOL_ID = "/gossipd/avg/1.0.0"
+PEERS_PROTOCOL_ID = "/gossipd/peers/1.0.0"
+
+# Fixed sizes (bytes).
+EXCHANGE_ID_LEN = 16
+EPH_PUB_LEN = 32
+SIG_LEN = 64
+SECRETSTREAM_HEADER_LEN = 24
+SECRETSTREAM_ABYTES = 17
+# Caps. Changing a cap is a protocol change: peers reject anything above theirs.
+MAX_SPEC_LEN = 256  # chars
+MAX_NUM_PARAMS = 1 << 32
+MAX_STEP = (1 << 63) - 1
+MAX_VERSION = 0xFFFFFFFF
+MAX_CHUNK_PLAINTEXT = 1 << 20  # bytes of plaintext per secretstream chunk
+MAX_CHUNKS = 4096
+MAX_ERROR_CODE_LEN = 64
+MAX_ERROR_MESSAGE_LEN = 512
+MAX_PEER_ID_LEN = 128  # chars of the base58/CID text form
+MAX_ADDRS = 8
+MAX_ADDR_LEN = 256
+MAX_PEERS = 64
+
+
+def _tuple(value: Any) -> Any:
+    # Normalise list -> tuple; leave anything else alone so validation reports it.
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class Hello:
+    version: int
+    exchange_id: bytes
+    eph_pub: bytes
+    sig: bytes
+    spec: str
+    num_params: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Params:
+    header: bytes
+    chunks: Sequence[bytes]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chunks", _tuple(self.chunks))
+
+
+@dataclass(frozen=True)
+class ErrorMsg:
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        # Sender-side cap: constructing never fails on a long message, it is cut.
+        if isinstance(self.message, str) and len(self.message) > MAX_ERROR_MESSAGE_LEN:
+            object.__setattr__(self, "message", self.message[:MAX_ERROR_MESSAGE_LEN])
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    peer_id: str
+    addrs: Sequence[str]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addrs", _tuple(self.addrs))
+
+
+@dataclass(frozen=True)
+class PeersRequest:
+    addrs: Sequence[str]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addrs", _tuple(self.addrs))
+
+
+@dataclass(frozen=True)
+class PeersResponse:
+    peers: Sequence[PeerRecord]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peers", _tuple(self.peers))
+
+
+Message = Hello | Params | ErrorMsg | PeersRequest | PeersResponse
+
+# Wire type tags.
+T_HELLO = "hello"
+T_PARAMS = "params"
+T_ERROR = "error"
+T_PEERS_REQUEST = "peers_req"
+T_PEERS_RESPONSE = "peers_resp"
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _peer_record_wire(rec: PeerRecord) -> dict[str, Any]:
+    return {"peer_id": rec.peer_id, "addrs": list(rec.addrs)}
+
+
+def _to_wire_unchecked(msg: Message) -> dict[str, Any]:
+    if isinstance(msg, Hello):
+        return {
+            "t": T_HELLO,
+            "version": msg.version,
+            "exchange_id": msg.exchange_id,
+            "eph_pub": msg.eph_pub,
+            "sig": msg.sig,
+            "spec": msg.spec,
+            "num_params": msg.num_params,
+            "step": msg.step,
+        }
+    if isinstance(msg, Params):
+        return {"t": T_PARAMS, "header": msg.header, "chunks": list(msg.chunks)}
+    if isinstance(msg, ErrorMsg):
+        return {"t": T_ERROR, "code": msg.code, "message": msg.message}
+    if isinstance(msg, PeersRequest):
+        return {"t": T_PEERS_REQUEST, "addrs": list(msg.addrs)}
+    if isinstance(msg, PeersResponse):
+        return {"t": T_PEERS_RESPONSE, "peers": [_peer_record_wire(p) for p in msg.peers]}
+    raise TypeError(f"not a protocol message: {type(msg).__name__}")
+
+
+def to_wire(msg: Message) -> dict[str, Any]:
+    """Message -> wire map. Validates with the receiver's rules before returning."""
+    body = _to_wire_unchecked(msg)
+    from_wire(body)
+    return body
+
+
+def encode_message(msg: Message) -> bytes:
+    return encode_frame(to_wire(msg))
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _field(body: dict[str, Any], key: str) -> Any:
+    if key not in body:
+        raise DecodeError(f"missing field {key!r}")
+    return body[key]
+
+
+def _int(body: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    value = _field(body, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DecodeError(f"field {key!r} must be an int")
+    if value < lo:
+        raise DecodeError(f"field {key!r} must be >= {lo}")
+    if value > hi:
+        raise LimitExceeded(f"field {key!r} exceeds {hi}")
+    return value
+
+
+def _bytes_exact(body: dict[str, Any], key: str, size: int) -> bytes:
+    value = _field(body, key)
+    if not isinstance(value, bytes) or len(value) != size:
+        raise DecodeError(f"field {key!r} must be {size} bytes")
+    return value
+
+
+def _str_value(value: Any, what: str, max_len: int, *, nonempty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise DecodeError(f"{what} must be a str")
+    if nonempty and not value:
+        raise DecodeError(f"{what} must not be empty")
+    if len(value) > max_len:
+        raise LimitExceeded(f"{what} longer than {max_len} chars")
+    return value
+
+
+def _list_value(value: Any, what: str, max_items: int) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise DecodeError(f"{what} must be an array")
+    if len(value) > max_items:
+        raise LimitExceeded(f"{what} has more than {max_items} items")
+    return list(value)
+
+
+def _addrs(value: Any, what: str) -> tuple[str, ...]:
+    items = _list_value(value, what, MAX_ADDRS)
+    return tuple(_str_value(a, f"{what} item", MAX_ADDR_LEN) for a in items)
+
+
+def _hello(body: dict[str, Any]) -> Hello:
+    # Version first: a future peer may have changed every other field.
+    version = _int(body, "version", 0, MAX_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(f"peer speaks version {version}, we speak {PROTOCOL_VERSION}")
+    return Hello(
+        version=version,
+        exchange_id=_bytes_exact(body, "exchange_id", EXCHANGE_ID_LEN),
+        eph_pub=_bytes_exact(body, "eph_pub", EPH_PUB_LEN),
+        sig=_bytes_exact(body, "sig", SIG_LEN),
+        spec=_str_value(_field(body, "spec"), "spec", MAX_SPEC_LEN),
+        num_params=_int(body, "num_params", 1, MAX_NUM_PARAMS),
+        step=_int(body, "step", 0, MAX_STEP),
+    )
+
+
+def _params(body: dict[str, Any]) -> Params:
+    header = _bytes_exact(body, "header", SECRETSTREAM_HEADER_LEN)
+    chunks = _list_value(_field(body, "chunks"), "chunks", MAX_CHUNKS)
+    if not chunks:
+        raise DecodeError("chunks must not be empty (the FINAL chunk is mandatory)")
+    for chunk in chunks:
+        if not isinstance(chunk, bytes) or len(chunk) < SECRETSTREAM_ABYTES:
+            raise DecodeError("each chunk must be bytes of at least 17 (ABYTES)")
+        if len(chunk) > MAX_CHUNK_PLAINTEXT + SECRETSTREAM_ABYTES:
+            raise LimitExceeded("chunk larger than the 1 MiB plaintext cap")
+    return Params(header=header, chunks=tuple(chunks))
+
+
+def _error(body: dict[str, Any]) -> ErrorMsg:
+    code = _str_value(_field(body, "code"), "code", MAX_ERROR_CODE_LEN)
+    message = _str_value(
+        _field(body, "message"), "message", MAX_ERROR_MESSAGE_LEN, nonempty=False
+    )
+    return ErrorMsg(code=code, message=message)
+
+
+def _peer_record(value: Any) -> PeerRecord:
+    if not isinstance(value, dict):
+        raise DecodeError("peer record must be a map")
+    return PeerRecord(
+        peer_id=_str_value(_field(value, "peer_id"), "peer_id", MAX_PEER_ID_LEN),
+        addrs=_addrs(_field(value, "addrs"), "addrs"),
+    )
+
+
+def from_wire(body: dict[str, Any]) -> Message:
+    """Validate a decoded frame body and build the message it describes."""
+    if not isinstance(body, dict):
+        raise DecodeError("message must be a map")
+    kind = _field(body, "t")
+    if kind == T_HELLO:
+        return _hello(body)
+    if kind == T_PARAMS:
+        return _params(body)
+    if kind == T_ERROR:
+        return _error(body)
+    if kind == T_PEERS_REQUEST:
+        return PeersRequest(addrs=_addrs(_field(body, "addrs"), "addrs"))
+    if kind == T_PEERS_RESPONSE:
+        peers = _list_value(_field(body, "peers"), "peers", MAX_PEERS)
+        return PeersResponse(peers=tuple(_peer_record(p) for p in peers))
+    raise DecodeError(f"unknown message type {kind!r:.40}")

@@ -1,0 +1,341 @@
+"""Sans-io state machine of one averaging exchange (both roles).
+
+Wire flow on an ``AVG_PROTOCOL_ID`` stream::
+
+    initiator                         responder
+      Hello  ------------------------>  receive_hello()
+      receive_hello()  <-------------  Hello
+      Params ----------------------->   (both directions concurrently)
+             <-----------------------  Params
+Either side may send ErrorMsg instead of its next message and close.
+
+The session never touches a socket: ``hello()``/``params_frame()`` return bytes
+to write, ``receive_*()`` take messages the caller decoded with FrameDecoder +
+from_wire. State rules:
+  * each message is sent and received at most once, in the order above; anything
+    else raises UnexpectedMessage (also for local misuse of the API);
+  * after any ProtocolError from a ``receive_*`` call the session is failed and
+    every later call raises UnexpectedMessage: keys of a half-verified handshake
+    must never be used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .crypto import (
+    ed25519_public_key_from_peer_id,
+    ephemeral_from_private,
+    new_ephemeral,
+    open_sealed,
+    public_key_from_seed,
+    seal,
+    sign,
+    verify,
+    x25519_shared,
+)
+from .errors import (
+    AuthenticationError,
+    LimitExceeded,
+    ProtocolError,
+    RemoteError,
+    SpecMismatch,
+    UnexpectedMessage,
+    VersionMismatch,
+)
+from .framing import DEFAULT_MAX_FRAME
+from .handshake import (
+    ROLE_INITIATOR,
+    ROLE_RESPONDER,
+    SessionKeys,
+    derive_keys,
+    kdf_info,
+    signed_transcript,
+)
+from .messages import (
+    EXCHANGE_ID_LEN,
+    MAX_CHUNK_PLAINTEXT,
+    MAX_NUM_PARAMS,
+    MAX_SPEC_LEN,
+    MAX_STEP,
+    PROTOCOL_VERSION,
+    ErrorMsg,
+    Hello,
+    Message,
+    Params,
+    encode_message,
+)
+from .tensors import decode_params, encode_params, params_plaintext_bound
+
+__all__ = ["AveragingSession", "error_frame"]
+
+
+def error_frame(exc: BaseException) -> bytes:
+    """Framed ErrorMsg for ``exc``. Non-protocol errors are reported as
+    ``internal`` without their text, so local details never leak to peers."""
+    if isinstance(exc, ProtocolError):
+        return encode_message(ErrorMsg(code=exc.code, message=str(exc)))
+    return encode_message(ErrorMsg(code="internal", message=type(exc).__name__))
+
+
+class AveragingSession:
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        local_peer_id: bytes,
+        local_seed: bytes,
+        remote_peer_id: bytes,
+        spec: str,
+        num_params: int,
+        step: int,
+        exchange_id: bytes | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        eph_private: bytes | None = None,
+        chunk_size: int = MAX_CHUNK_PLAINTEXT,
+    ) -> None:
+        # Local configuration errors are ValueError, not ProtocolError.
+        if len(local_seed) != 32:
+            raise ValueError("local_seed must be 32 bytes")
+        try:
+            local_pub = ed25519_public_key_from_peer_id(local_peer_id)
+        except AuthenticationError as exc:
+            raise ValueError(f"local peer ID: {exc}") from None
+        if public_key_from_seed(local_seed) != local_pub:
+            raise ValueError("local_seed does not belong to local_peer_id")
+        if remote_peer_id == local_peer_id:
+            raise ValueError("refusing to average with ourselves")
+        if not isinstance(spec, str) or not 1 <= len(spec) <= MAX_SPEC_LEN:
+            raise ValueError(f"spec must be a str of 1..{MAX_SPEC_LEN} chars")
+        if not 1 <= num_params <= MAX_NUM_PARAMS:
+            raise ValueError("num_params out of range")
+        if not 0 <= step <= MAX_STEP:
+            raise ValueError("step out of range")
+        if exchange_id is not None and len(exchange_id) != EXCHANGE_ID_LEN:
+            raise ValueError("exchange_id must be 16 bytes")
+        # A remote ID without an inline Ed25519 key can never authenticate.
+        self._remote_pub = ed25519_public_key_from_peer_id(remote_peer_id)
+
+        self._initiator = initiator
+        self._local_peer_id = local_peer_id
+        self._local_seed = local_seed
+        self._remote_peer_id = remote_peer_id
+        self._spec = spec
+        self._num_params = num_params
+        self._step = step
+        self._max_frame = max_frame
+        self._chunk_size = chunk_size
+        if initiator and exchange_id is None:
+            exchange_id = os.urandom(EXCHANGE_ID_LEN)
+        # Responder: an explicit exchange_id is an expectation the Hello must meet.
+        self._exchange_id = exchange_id
+        self._eph_priv, self._eph_pub = (
+            new_ephemeral() if eph_private is None else ephemeral_from_private(eph_private)
+        )
+        self._keys: SessionKeys | None = None
+        self._remote_step: int | None = None
+        self._hello_sent = False
+        self._hello_received = False
+        self._params_sent = False
+        self._params_received = False
+        self._failed: ProtocolError | None = None
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def initiator(self) -> bool:
+        return self._initiator
+
+    @property
+    def exchange_id(self) -> bytes | None:
+        """None only for a responder that has not yet seen the initiator's Hello."""
+        return self._exchange_id
+
+    @property
+    def eph_pub(self) -> bytes:
+        return self._eph_pub
+
+    @property
+    def keys(self) -> SessionKeys | None:
+        """Derived directional keys (None before receive_hello); for tests/vectors."""
+        return self._keys
+
+    @property
+    def remote_step(self) -> int:
+        if self._remote_step is None:
+            raise UnexpectedMessage("remote step is unknown before the peer's Hello")
+        return self._remote_step
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    @property
+    def done(self) -> bool:
+        """Both Params have been sent and received."""
+        return self._params_sent and self._params_received
+
+    # ------------------------------------------------------------ helpers
+
+    def _check_alive(self) -> None:
+        if self._failed is not None:
+            raise UnexpectedMessage(f"session already failed: {self._failed.code}")
+
+    def _fail(self, exc: ProtocolError) -> ProtocolError:
+        self._failed = exc
+        return exc
+
+    def _role(self, initiator: bool) -> int:
+        return ROLE_INITIATOR if initiator else ROLE_RESPONDER
+
+    # ------------------------------------------------------------ handshake
+
+    def hello(self) -> bytes:
+        """Framed Hello. Initiator: first call. Responder: after receive_hello."""
+        self._check_alive()
+        if self._hello_sent:
+            raise UnexpectedMessage("Hello already sent")
+        if not self._initiator and not self._hello_received:
+            raise UnexpectedMessage("responder must receive the initiator's Hello first")
+        assert self._exchange_id is not None  # set in __init__ or receive_hello
+        transcript = signed_transcript(
+            version=PROTOCOL_VERSION,
+            role=self._role(self._initiator),
+            exchange_id=self._exchange_id,
+            signer_peer_id=self._local_peer_id,
+            receiver_peer_id=self._remote_peer_id,
+            eph_pub=self._eph_pub,
+            spec=self._spec,
+            num_params=self._num_params,
+            step=self._step,
+        )
+        msg = Hello(
+            version=PROTOCOL_VERSION,
+            exchange_id=self._exchange_id,
+            eph_pub=self._eph_pub,
+            sig=sign(self._local_seed, transcript),
+            spec=self._spec,
+            num_params=self._num_params,
+            step=self._step,
+        )
+        self._hello_sent = True
+        return encode_message(msg)
+
+    def receive_hello(self, msg: Hello) -> None:
+        self._check_alive()
+        try:
+            self._receive_hello(msg)
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+
+    def _receive_hello(self, msg: Hello) -> None:
+        if not isinstance(msg, Hello):
+            raise UnexpectedMessage(f"expected Hello, got {type(msg).__name__}")
+        if self._hello_received:
+            raise UnexpectedMessage("Hello already received")
+        if self._initiator and not self._hello_sent:
+            raise UnexpectedMessage("initiator must send its Hello first")
+        if msg.version != PROTOCOL_VERSION:
+            raise VersionMismatch(f"peer speaks version {msg.version}")
+        if self._exchange_id is not None and msg.exchange_id != self._exchange_id:
+            raise AuthenticationError("Hello belongs to another exchange")
+        # Verify before judging the claims, so a reported SpecMismatch is authentic.
+        transcript = signed_transcript(
+            version=msg.version,
+            role=self._role(not self._initiator),
+            exchange_id=msg.exchange_id,
+            signer_peer_id=self._remote_peer_id,
+            receiver_peer_id=self._local_peer_id,
+            eph_pub=msg.eph_pub,
+            spec=msg.spec,
+            num_params=msg.num_params,
+            step=msg.step,
+        )
+        verify(self._remote_pub, transcript, msg.sig)
+        if msg.spec != self._spec:
+            raise SpecMismatch(f"peer trains {msg.spec!r:.80}, we train {self._spec!r:.80}")
+        if msg.num_params != self._num_params:
+            raise SpecMismatch(f"peer has {msg.num_params} parameters, we have {self._num_params}")
+        shared = x25519_shared(self._eph_priv, msg.eph_pub)
+        if self._initiator:
+            ids = (self._local_peer_id, self._remote_peer_id)
+            ephs = (self._eph_pub, msg.eph_pub)
+        else:
+            ids = (self._remote_peer_id, self._local_peer_id)
+            ephs = (msg.eph_pub, self._eph_pub)
+        info = kdf_info(
+            version=PROTOCOL_VERSION,
+            exchange_id=msg.exchange_id,
+            initiator_peer_id=ids[0],
+            responder_peer_id=ids[1],
+            initiator_eph_pub=ephs[0],
+            responder_eph_pub=ephs[1],
+            spec=self._spec,
+            num_params=self._num_params,
+        )
+        self._keys = derive_keys(shared, info)
+        self._exchange_id = msg.exchange_id
+        self._remote_step = msg.step
+        self._hello_received = True
+
+    # ------------------------------------------------------------ parameters
+
+    def _send_key(self, keys: SessionKeys) -> bytes:
+        return keys.i2r if self._initiator else keys.r2i
+
+    def _recv_key(self, keys: SessionKeys) -> bytes:
+        return keys.r2i if self._initiator else keys.i2r
+
+    def _require_keys(self) -> SessionKeys:
+        if self._keys is None or not self._hello_sent:
+            raise UnexpectedMessage("Params before both Hellos were exchanged")
+        return self._keys
+
+    def params_frame(self, flat: npt.NDArray[Any], step: int) -> bytes:
+        """Framed Params carrying our encrypted parameters."""
+        self._check_alive()
+        keys = self._require_keys()
+        if self._params_sent:
+            raise UnexpectedMessage("Params already sent")
+        if np.asarray(flat).size != self._num_params:
+            raise ValueError(f"expected {self._num_params} parameters")
+        header, chunks = seal(self._send_key(keys), encode_params(flat, step), self._chunk_size)
+        frame = encode_message(Params(header=header, chunks=chunks))
+        if len(frame) - 4 > self._max_frame:
+            raise LimitExceeded(f"Params frame of {len(frame)} bytes exceeds max_frame")
+        self._params_sent = True
+        return frame
+
+    def receive_params(self, msg: Params) -> tuple[npt.NDArray[np.float32], int]:
+        """Decrypt and decode the peer's Params -> (flat float32, remote step)."""
+        self._check_alive()
+        try:
+            if not isinstance(msg, Params):
+                raise UnexpectedMessage(f"expected Params, got {type(msg).__name__}")
+            keys = self._require_keys()
+            if self._params_received:
+                raise UnexpectedMessage("Params already received")
+            bound = params_plaintext_bound(self._num_params)
+            blob = open_sealed(self._recv_key(keys), msg.header, msg.chunks, bound)
+            flat, step = decode_params(blob, self._num_params)
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+        self._params_received = True
+        return flat, step
+
+    def receive(self, msg: Message) -> tuple[npt.NDArray[np.float32], int] | None:
+        """Dispatch any decoded message: Hello -> None, Params -> (flat, step),
+        ErrorMsg -> RemoteError; anything else is UnexpectedMessage."""
+        self._check_alive()
+        if isinstance(msg, Hello):
+            self.receive_hello(msg)
+            return None
+        if isinstance(msg, Params):
+            return self.receive_params(msg)
+        if isinstance(msg, ErrorMsg):
+            raise self._fail(RemoteError(msg.code, msg.message))
+        raise self._fail(UnexpectedMessage(f"{type(msg).__name__} on an averaging stream"))

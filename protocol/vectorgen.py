@@ -1,0 +1,200 @@
+"""Build the JSON test vectors in protocol/vectors/.
+
+Run ``python -m protocol.vectorgen`` to (re)write them. Everything is derived from
+fixed seeds, ephemeral private keys and exchange ids, so regeneration reproduces
+the same bytes, with one exception: libsodium draws the secretstream header from
+its own CSPRNG and offers no way to inject it, so the sealed parts of
+``params.json`` (header, chunks, frame) are one recorded run. Implementations
+check those by *opening* them, not by re-sealing. Bytes are lowercase hex.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .crypto import (
+    ephemeral_from_private,
+    peer_id_from_ed25519_public_key,
+    public_key_from_seed,
+    seal,
+    sign,
+    x25519_shared,
+)
+from .handshake import ROLE_INITIATOR, ROLE_RESPONDER, derive_keys, kdf_info, signed_transcript
+from .messages import (
+    PROTOCOL_VERSION,
+    ErrorMsg,
+    Hello,
+    Params,
+    PeerRecord,
+    PeersRequest,
+    PeersResponse,
+    encode_message,
+)
+from .tensors import encode_params
+
+__all__ = ["VECTOR_DIR", "build_handshake", "build_messages", "build_params", "main"]
+
+VECTOR_DIR = Path(__file__).with_name("vectors")
+
+SEED_I = bytes(range(32))
+SEED_R = bytes(range(32, 64))
+EPH_I = bytes.fromhex("77" * 32)
+EPH_R = bytes.fromhex("5d" * 32)
+EXCHANGE_ID = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+SPEC = "mlp-digits-64x32-v1"
+NUM_PARAMS = 5
+STEP_I = 120
+STEP_R = 97
+VALUES = [0.5, -1.25, 3.0, 0.125, 1024.0]
+CHUNK_SIZE = 16
+
+
+def _party(seed: bytes, eph_priv: bytes, step: int) -> dict[str, Any]:
+    pub = public_key_from_seed(seed)
+    _, eph_pub = ephemeral_from_private(eph_priv)
+    return {
+        "seed": seed.hex(),
+        "ed25519_pub": pub.hex(),
+        "peer_id": peer_id_from_ed25519_public_key(pub).hex(),
+        "eph_private": eph_priv.hex(),
+        "eph_pub": eph_pub.hex(),
+        "step": step,
+    }
+
+
+def build_handshake() -> dict[str, Any]:
+    ini = _party(SEED_I, EPH_I, STEP_I)
+    res = _party(SEED_R, EPH_R, STEP_R)
+    out: dict[str, Any] = {
+        "version": PROTOCOL_VERSION,
+        "spec": SPEC,
+        "num_params": NUM_PARAMS,
+        "exchange_id": EXCHANGE_ID.hex(),
+        "initiator": ini,
+        "responder": res,
+    }
+    for name, me, other, role, seed in (
+        ("initiator", ini, res, ROLE_INITIATOR, SEED_I),
+        ("responder", res, ini, ROLE_RESPONDER, SEED_R),
+    ):
+        transcript = signed_transcript(
+            version=PROTOCOL_VERSION,
+            role=role,
+            exchange_id=EXCHANGE_ID,
+            signer_peer_id=bytes.fromhex(me["peer_id"]),
+            receiver_peer_id=bytes.fromhex(other["peer_id"]),
+            eph_pub=bytes.fromhex(me["eph_pub"]),
+            spec=SPEC,
+            num_params=NUM_PARAMS,
+            step=me["step"],
+        )
+        sig = sign(seed, transcript)
+        hello = Hello(
+            version=PROTOCOL_VERSION,
+            exchange_id=EXCHANGE_ID,
+            eph_pub=bytes.fromhex(me["eph_pub"]),
+            sig=sig,
+            spec=SPEC,
+            num_params=NUM_PARAMS,
+            step=me["step"],
+        )
+        out[f"{name}_transcript"] = transcript.hex()
+        out[f"{name}_sig"] = sig.hex()
+        out[f"{name}_hello_frame"] = encode_message(hello).hex()
+    shared = x25519_shared(EPH_I, bytes.fromhex(res["eph_pub"]))
+    info = kdf_info(
+        version=PROTOCOL_VERSION,
+        exchange_id=EXCHANGE_ID,
+        initiator_peer_id=bytes.fromhex(ini["peer_id"]),
+        responder_peer_id=bytes.fromhex(res["peer_id"]),
+        initiator_eph_pub=bytes.fromhex(ini["eph_pub"]),
+        responder_eph_pub=bytes.fromhex(res["eph_pub"]),
+        spec=SPEC,
+        num_params=NUM_PARAMS,
+    )
+    keys = derive_keys(shared, info)
+    out.update(
+        shared_secret=shared.hex(), kdf_info=info.hex(), k_i2r=keys.i2r.hex(), k_r2i=keys.r2i.hex()
+    )
+    return out
+
+
+def build_params(handshake: dict[str, Any]) -> dict[str, Any]:
+    """The initiator's Params of the handshake vector, sealed with k_i2r."""
+    key = bytes.fromhex(handshake["k_i2r"])
+    plaintext = encode_params(np.array(VALUES, dtype=np.float32), STEP_I)
+    header, chunks = seal(key, plaintext, CHUNK_SIZE)
+    return {
+        "direction": "i2r",
+        "key": key.hex(),
+        "values": VALUES,
+        "step": STEP_I,
+        "num_params": NUM_PARAMS,
+        "plaintext": plaintext.hex(),
+        "chunk_size": CHUNK_SIZE,
+        "header": header.hex(),
+        "chunks": [c.hex() for c in chunks],
+        "frame": encode_message(Params(header=header, chunks=chunks)).hex(),
+    }
+
+
+def build_messages() -> dict[str, Any]:
+    """Plain message encodings (fields use hex for bytes) and invalid frames."""
+    hello = Hello(
+        version=1,
+        exchange_id=bytes(16),
+        eph_pub=bytes([9]) * 32,
+        sig=bytes([7]) * 64,
+        spec="s",
+        num_params=3,
+        step=0,
+    )
+    params = Params(header=bytes([1]) * 24, chunks=[bytes([2]) * 17, bytes([3]) * 20])
+    cases: list[tuple[str, Any]] = [
+        ("hello", hello),
+        ("params", params),
+        ("error", ErrorMsg(code="spec", message="different model")),
+        ("peers_req", PeersRequest(addrs=["/ip4/10.0.0.1/tcp/4001"])),
+        (
+            "peers_resp",
+            PeersResponse(
+                peers=[PeerRecord(peer_id="12D3KooWExample", addrs=["/ip4/10.0.0.2/tcp/4001"])]
+            ),
+        ),
+        ("peers_resp_empty", PeersResponse(peers=[])),
+    ]
+    valid = [{"name": name, "frame": encode_message(msg).hex()} for name, msg in cases]
+    invalid = [
+        {"name": "length-over-limit", "frame": "01000001", "code": "frame-too-large"},
+        {"name": "empty-frame", "frame": "00000000", "code": "decode"},
+        {"name": "body-not-a-map", "frame": "0000000101", "code": "decode"},
+        {"name": "trailing-byte-in-body", "frame": "0000000280c0", "code": "decode"},
+        {"name": "int-map-key", "frame": "00000003810101", "code": "decode"},
+        {"name": "timestamp-ext", "frame": "00000009" + "81a174d6ff00000001", "code": "decode"},
+        {"name": "unknown-type", "frame": "00000005" + "81a174a17a", "code": "decode"},
+    ]
+    return {"valid": valid, "invalid": invalid}
+
+
+def main(argv: list[str] | None = None) -> int:
+    out_dir = Path(argv[0]) if argv else VECTOR_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handshake = build_handshake()
+    files = {
+        "handshake.json": handshake,
+        "params.json": build_params(handshake),
+        "messages.json": build_messages(),
+    }
+    for name, data in files.items():
+        (out_dir / name).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
