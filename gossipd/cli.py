@@ -24,7 +24,8 @@ examples:
   gossipctl --socket ./n0/control.sock peers
   GOSSIPD_SOCKET=./n0/control.sock gossipctl status
 
-socket: --socket, else $GOSSIPD_SOCKET, else --config's [node] socket, else /var/lib/gossipd/control.sock.
+socket: --socket, else $GOSSIPD_SOCKET, else the socket of --config,
+        else /var/lib/gossipd/control.sock.
 """
 
 

@@ -1,8 +1,8 @@
 """One typed configuration object, read from TOML and validated strictly.
 
 Rules:
-- Every key is known. An unknown key or a value of the wrong type/range raises ConfigError naming the
-  dotted key and what was expected; `gossipd` turns that into exit status 2.
+- Every key is known. An unknown key or a value of the wrong type/range raises ConfigError naming
+  the dotted key and what was expected; `gossipd` turns that into exit status 2.
 - Defaults are what a single node on a laptop should use; the testnet overrides only what it must.
 - Paths are resolved relative to the config file's directory, so a unit file can point at one file.
 """

@@ -23,9 +23,14 @@ import os
 import socket as stdlib_socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    # libp2p pulls in trio-typing, whose stale trio stubs shadow trio's own types and lack
+    # trio.TaskStatus; trio_typing.TaskStatus is the same protocol.
+    from trio_typing import TaskStatus
 
 log = logging.getLogger("gossipd.control")
 
@@ -112,7 +117,7 @@ async def serve_control(
     listener: trio.SocketListener,
     handlers: dict[str, Handler],
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async def client(stream: trio.SocketStream) -> None:
         async with stream:
@@ -129,9 +134,8 @@ async def serve_control(
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("control client dropped: %s", exc)
 
-    async with listener:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                stream = await listener.accept()
-                nursery.start_soon(client, stream)
+    async with listener, trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(client, stream)

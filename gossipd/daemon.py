@@ -19,9 +19,14 @@ import logging
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    # libp2p pulls in trio-typing, whose stale trio stubs shadow trio's own types and lack
+    # trio.TaskStatus; trio_typing.TaskStatus is the same protocol.
+    from trio_typing import TaskStatus
 
 from gossipd import discovery, exchange
 from gossipd.config import Config
@@ -193,7 +198,7 @@ class Node:
 
     async def run(
         self, control: trio.SocketListener | None,
-        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         from gossipd.control import serve_control
 

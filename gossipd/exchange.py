@@ -6,7 +6,8 @@ yamux resets a sender whose peer stops reading for 5 s, so write-all-then-read d
 models.
 
 Rules:
-- The whole exchange runs under one deadline (averaging.timeout_s): a frozen peer costs at most that.
+- The whole exchange runs under one deadline (averaging.timeout_s): a frozen peer costs at most
+  that.
 - Any protocol error from the peer is answered with an ErrorMsg naming the problem (best effort),
   and raised to the caller, which counts a failure and a strike; nothing here stops the daemon.
 - The parameters sent are a snapshot taken before the handshake; the remote vector is handed to
@@ -16,7 +17,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,14 +77,31 @@ def _expect(msg: Message, kind: type) -> None:
 
 
 async def _swap_params(ms: MessageStream, frame: bytes) -> Params:
+    """Send our Params while reading theirs; the first failure cancels the other half."""
     received: list[Message] = []
-
-    async def read() -> None:
-        received.append(await ms.receive())
+    errors: list[Exception] = []
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ms.send, frame)
-        nursery.start_soon(read)
+
+        async def guarded(half: Callable[[], Awaitable[None]]) -> None:
+            # Errors are collected, not raised, so callers see the plain exception rather
+            # than an ExceptionGroup from this nursery.
+            try:
+                await half()
+            except (TransportError, ProtocolError) as exc:
+                errors.append(exc)
+                nursery.cancel_scope.cancel()
+
+        async def read() -> None:
+            received.append(await ms.receive())
+
+        async def send() -> None:
+            await ms.send(frame)
+
+        nursery.start_soon(guarded, send)
+        nursery.start_soon(guarded, read)
+    if errors:
+        raise errors[0]
     msg = received[0]
     _expect(msg, Params)
     assert isinstance(msg, Params)

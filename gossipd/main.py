@@ -52,15 +52,16 @@ def _build_trainer(cfg: config_mod.Config) -> object:
     from gossipd.trainer import Trainer, TrainHyper
 
     t = cfg.train
-    overrides = {
-        k: v
-        for k, v in {
-            "hidden": t.hidden, "lr": t.lr, "lr_min": t.lr_min, "decay_steps": t.decay_steps,
-            "batch_size": t.batch_size, "momentum": t.momentum, "l2": t.l2,
-        }.items()
-        if v is not None
-    }
-    hyper = TrainHyper()._replace(**overrides)
+    d = TrainHyper()
+    hyper = TrainHyper(
+        hidden=t.hidden,
+        lr=d.lr if t.lr is None else t.lr,
+        lr_min=d.lr_min if t.lr_min is None else t.lr_min,
+        decay_steps=d.decay_steps if t.decay_steps is None else t.decay_steps,
+        batch_size=d.batch_size if t.batch_size is None else t.batch_size,
+        l2=d.l2 if t.l2 is None else t.l2,
+        momentum=d.momentum if t.momentum is None else t.momentum,
+    )
     shard = load_shard(
         t.task, num_shards=t.num_shards, shard_index=t.shard_index,
         partition=t.parsed_partition, seed=t.seed,

@@ -17,9 +17,15 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trio
+
+if TYPE_CHECKING:
+    # libp2p pulls in trio-typing, whose stale trio stubs shadow trio's own types and lack
+    # trio.TaskStatus; trio_typing.TaskStatus is the same protocol.
+    from trio_typing import TaskStatus
 
 from gossipd.mixing import mix
 from gossipd.trainer import Trainer, TrainState
@@ -76,7 +82,7 @@ class ModelRunner:
         self.status.mixes += 1
 
     # -- tasks --
-    async def run_training(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    async def run_training(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
         chunk = max(1, math.ceil(self.steps_per_second * CHUNK_PERIOD_S))
         period = chunk / self.steps_per_second
@@ -112,7 +118,7 @@ class ModelRunner:
         self.status.accuracy_step = step
         return self.status.accuracy
 
-    async def run_evaluation(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    async def run_evaluation(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
         task_status.started()
         while True:

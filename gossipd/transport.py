@@ -13,6 +13,7 @@ Facts this module works around (measured on py-libp2p 0.8.1, see the project not
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 import trio
@@ -20,6 +21,7 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_pair
+from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -29,6 +31,8 @@ from multiaddr import Multiaddr
 from gossipd.netapi import StreamHandler, TransportError
 
 NOISE_PROTOCOL_ID = "/noise"
+
+log = logging.getLogger("gossipd.transport")
 
 
 class Libp2pStream:
@@ -88,8 +92,16 @@ class Libp2pTransport:
 
     def set_handler(self, protocol_id: str, handler: StreamHandler) -> None:
         async def on_stream(raw: object) -> None:
-            remote = raw.muxed_conn.peer_id.to_base58()  # type: ignore[attr-defined]
-            await handler(Libp2pStream(raw, remote))
+            # Nothing may escape into libp2p: an exception here tears down the whole host.
+            stream: Libp2pStream | None = None
+            try:
+                remote = raw.muxed_conn.peer_id.to_base58()  # type: ignore[attr-defined]
+                stream = Libp2pStream(raw, remote)
+                await handler(stream)
+            except Exception:
+                log.exception("handler for %s failed", protocol_id)
+                if stream is not None:
+                    await stream.reset()
 
         self._host.set_stream_handler(protocol_id, on_stream)  # type: ignore[attr-defined]
 
@@ -134,7 +146,7 @@ async def open_transport(seed: bytes, listen: Sequence[str]) -> AsyncIterator[Li
     noise = NoiseTransport(key_pair, noise_privkey=new_x25519_pair().private_key)
     host = new_host(
         key_pair=key_pair,
-        sec_opt={NOISE_PROTOCOL_ID: noise},
+        sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
         muxer_preference="YAMUX",
     )
     try:

@@ -256,9 +256,7 @@ def _params(body: dict[str, Any]) -> Params:
 
 def _error(body: dict[str, Any]) -> ErrorMsg:
     code = _str_value(_field(body, "code"), "code", MAX_ERROR_CODE_LEN)
-    message = _str_value(
-        _field(body, "message"), "message", MAX_ERROR_MESSAGE_LEN, nonempty=False
-    )
+    message = _str_value(_field(body, "message"), "message", MAX_ERROR_MESSAGE_LEN, nonempty=False)
     return ErrorMsg(code=code, message=message)
 
 

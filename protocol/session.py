@@ -68,6 +68,7 @@ from .messages import (
     Message,
     Params,
     encode_message,
+    to_wire,
 )
 from .tensors import decode_params, encode_params, params_plaintext_bound
 
@@ -235,6 +236,7 @@ class AveragingSession:
     def _receive_hello(self, msg: Hello) -> None:
         if not isinstance(msg, Hello):
             raise UnexpectedMessage(f"expected Hello, got {type(msg).__name__}")
+        to_wire(msg)  # field validation, for Hellos built by hand rather than from_wire
         if self._hello_received:
             raise UnexpectedMessage("Hello already received")
         if self._initiator and not self._hello_sent:
@@ -316,6 +318,7 @@ class AveragingSession:
         try:
             if not isinstance(msg, Params):
                 raise UnexpectedMessage(f"expected Params, got {type(msg).__name__}")
+            to_wire(msg)  # field validation, for Params built by hand rather than from_wire
             keys = self._require_keys()
             if self._params_received:
                 raise UnexpectedMessage("Params already received")

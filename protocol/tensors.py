@@ -24,9 +24,15 @@ import numpy.typing as npt
 
 from .errors import DecodeError, SpecMismatch
 from .framing import safe_unpackb
-from .messages import MAX_NUM_PARAMS, MAX_STEP
+from .messages import MAX_CHUNK_PLAINTEXT, MAX_NUM_PARAMS, MAX_STEP, SECRETSTREAM_ABYTES
 
-__all__ = ["WIRE_DTYPE", "decode_params", "encode_params", "params_plaintext_bound"]
+__all__ = [
+    "WIRE_DTYPE",
+    "decode_params",
+    "encode_params",
+    "params_frame_bound",
+    "params_plaintext_bound",
+]
 
 WIRE_DTYPE = "<f4"
 # Upper bound on everything in the encoding except the data bytes: fixmap header,
@@ -37,6 +43,19 @@ _OVERHEAD_BOUND = 64
 def params_plaintext_bound(num_params: int) -> int:
     """Largest ``encode_params`` output for ``num_params`` floats."""
     return 4 * num_params + _OVERHEAD_BOUND
+
+
+def params_frame_bound(num_params: int, chunk_size: int = MAX_CHUNK_PLAINTEXT) -> int:
+    """Largest framed Params (length header included) for ``num_params`` floats.
+
+    A daemon must configure ``max_frame`` (on both ends) to at least this minus 4,
+    otherwise its peers refuse the frame: the default 16 MiB fits ~4.1M params.
+    Per chunk: bin32 header (5) + ABYTES (17); fixed part: u32 length, the map,
+    its keys, the type tag, the 24-byte secretstream header, an array32 header.
+    """
+    plaintext = params_plaintext_bound(num_params)
+    chunks = max(1, -(-plaintext // chunk_size))
+    return 4 + 64 + plaintext + chunks * (5 + SECRETSTREAM_ABYTES)
 
 
 def encode_params(flat: npt.NDArray[Any], step: int) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -136,10 +137,8 @@ def poll_status(nodes: list[NodeProc]) -> None:
     for n in nodes:
         if n.killed or n.proc.poll() is not None:
             continue
-        try:
+        with contextlib.suppress(ControlError):
             n.status = request(n.socket, "status", timeout=5)
-        except ControlError:
-            pass
 
 
 def progress_line(nodes: list[NodeProc], elapsed: float) -> str:
@@ -209,7 +208,7 @@ def print_table(summary: dict[str, Any]) -> None:
         acc = "-" if n["accuracy"] is None else f"{n['accuracy']:.4f}"
         print(f"{n['index']:<5} {('…' + n['peer_id'][-14:]) if n['peer_id'] else '-':<16} "
               f"{acc:>8} {n['step']:>6} {n['exchanges_ok']:>6} {n['exchanges_failed']:>7} "
-              f"{n['bytes_sent']:>10} {n['bytes_received']:>10} {str(n['exit_code']):>5}")
+              f"{n['bytes_sent']:>10} {n['bytes_received']:>10} {n['exit_code']!s:>5}")
     avg = summary["avg_model_accuracy"]
     print(f"\naveraged-model accuracy {avg if avg is None else f'{avg:.4f}'}   "
           f"mean node accuracy {summary['mean_node_accuracy']:.4f}   "
