@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -194,10 +195,23 @@ def evaluate(args: argparse.Namespace, nodes: list[NodeProc]) -> dict[str, Any]:
     }
 
 
+def _listening(addr: str) -> bool:
+    parts = addr.split("/")
+    if len(parts) < 5 or parts[1] != "ip4" or parts[3] != "tcp":
+        return False
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((parts[2], int(parts[4]))) == 0
+
+
 def leftovers(nodes: list[NodeProc]) -> dict[str, Any]:
+    """What a finished testnet must not leave behind: processes, socket files, listening ports."""
     alive = [n.proc.pid for n in nodes if n.proc.poll() is None]
-    sockets = [str(n.socket) for n in nodes if n.socket.exists()]
-    return {"processes_alive": alive, "sockets_left": sockets}
+    # A SIGKILLed node cannot remove its socket; the daemon replaces such a stale file on its
+    # next start. Only sockets of nodes that were asked to stop count as left behind.
+    sockets = [str(n.socket) for n in nodes if n.socket.exists() and not n.killed]
+    ports = [a for n in nodes for a in n.status.get("listen_addrs", []) if _listening(a)]
+    return {"processes_alive": alive, "sockets_left": sockets, "ports_listening": ports}
 
 
 def print_table(summary: dict[str, Any]) -> None:
@@ -229,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
         kill_at = (int(idx), float(at))
     sockdir = Path(tempfile.mkdtemp(prefix="gtn-"))
     nodes: list[NodeProc] = []
+    kill_record: dict[str, Any] | None = None
     ok = True
     try:
         t0 = time.monotonic()
@@ -248,7 +263,15 @@ def run(args: argparse.Namespace) -> int:
             if kill_at and not nodes[kill_at[0]].killed and elapsed >= kill_at[1]:
                 nodes[kill_at[0]].proc.kill()
                 nodes[kill_at[0]].killed = True
-                print(f"testnet: SIGKILLed node {kill_at[0]}", flush=True)
+                poll_status(nodes)
+                kill_record = {
+                    "node": kill_at[0], "at_s": round(elapsed, 1),
+                    "exchanges_ok_at_kill": {
+                        n.index: n.status.get("exchanges_ok", 0) for n in nodes if not n.killed},
+                    "step_at_kill": {n.index: n.status.get("step", 0) for n in nodes
+                                     if not n.killed},
+                }
+                print(f"testnet: SIGKILLed node {kill_at[0]} at {elapsed:.0f} s", flush=True)
             for n in nodes:
                 if not n.killed and n.proc.poll() is not None:
                     raise RuntimeError(f"node {n.index} exited early with {n.proc.returncode}")
@@ -292,10 +315,11 @@ def run(args: argparse.Namespace) -> int:
         "mean_node_accuracy": sum(accs) / len(accs) if accs else 0.0,
         "min_node_accuracy": min(accs) if accs else 0.0,
         "local_only": args.local_only, "partition": args.partition, "task": args.task,
-        "seed": args.seed, "seconds": args.seconds, "leftovers": left, "ok": ok,
+        "seed": args.seed, "seconds": args.seconds, "leftovers": left, "kill": kill_record,
+        "ok": ok,
     }
     clean = all(r["exit_code"] == 0 for r in rows if not r["killed"])
-    summary["ok"] = ok = ok and clean and not left["processes_alive"] and not left["sockets_left"]
+    summary["ok"] = ok = ok and clean and not any(left.values())
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_table(summary)
     return 0 if ok else 1
