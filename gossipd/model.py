@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 INPUT_DIM = 64  # 8x8 digit images, flattened
 NUM_CLASSES = 10
@@ -43,6 +44,18 @@ class MLPParams(NamedTuple):
     b1: jax.Array
     w2: jax.Array
     b2: jax.Array
+
+
+def layout(spec: MLPSpec) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Name -> (offset, shape) of every tensor in the flat vector, in order."""
+    shapes = {"w1": (spec.in_dim, spec.hidden), "b1": (spec.hidden,),
+              "w2": (spec.hidden, spec.out_dim), "b2": (spec.out_dim,)}
+    out: dict[str, tuple[int, tuple[int, ...]]] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        out[name] = (offset, shape)
+        offset += int(np.prod(shape))
+    return out
 
 
 def unflatten(spec: MLPSpec, flat: jax.Array) -> MLPParams:

@@ -1,0 +1,112 @@
+"""Tests for gossipd.mixing: the push-pull average and the consensus metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gossipd.mixing import (
+    consensus_distance,
+    mean_vector,
+    mix,
+    push_pull_init,
+    push_pull_update,
+)
+
+
+def test_mix_average() -> None:
+    a = np.array([1.0, 2.0, -3.0], np.float32)
+    b = np.array([3.0, 0.0, 1.0], np.float32)
+    out = mix(a, b)
+    assert out.dtype == np.float32 and out.shape == (3,)
+    np.testing.assert_array_equal(out, [2.0, 1.0, -1.0])
+
+
+def test_mix_weights() -> None:
+    a = np.array([0.0, 4.0], np.float32)
+    b = np.array([8.0, 0.0], np.float32)
+    np.testing.assert_array_equal(mix(a, b, 0.0), a)
+    np.testing.assert_array_equal(mix(a, b, 1.0), b)
+    np.testing.assert_allclose(mix(a, b, 0.25), [2.0, 3.0])
+
+
+def test_mix_symmetric_bit_exact_and_pure() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=1000).astype(np.float32)
+    b = rng.normal(size=1000).astype(np.float32)
+    a0, b0 = a.copy(), b.copy()
+    # Both sides of an exchange must end with identical params.
+    np.testing.assert_array_equal(mix(a, b), mix(b, a))
+    np.testing.assert_array_equal(a, a0)  # inputs untouched
+    np.testing.assert_array_equal(b, b0)
+    assert mix(a, b) is not a
+
+
+def test_mix_accepts_float64_returns_float32() -> None:
+    out = mix(np.zeros(2), np.ones(2))
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("local", "remote"),
+    [
+        (np.zeros(3, np.float32), np.zeros(4, np.float32)),
+        (np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32)),
+        (np.array([0.0, np.nan], np.float32), np.zeros(2, np.float32)),
+        (np.zeros(2, np.float32), np.array([np.inf, 0.0], np.float32)),
+        (np.zeros(2, np.int32), np.zeros(2, np.int32)),
+    ],
+)
+def test_mix_rejects(local: np.ndarray, remote: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        mix(local, remote)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan")])
+def test_mix_bad_weight(weight: float) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        mix(np.zeros(2, np.float32), np.ones(2, np.float32), weight)
+
+
+def test_consensus_distance_values() -> None:
+    v = np.array([1.0, 2.0], np.float32)
+    assert consensus_distance([v, v, v]) == 0.0
+    assert consensus_distance([v]) == 0.0
+    # mean (1, 0); each vector is at squared distance 1 from it.
+    assert consensus_distance([np.array([0.0, 0.0]), np.array([2.0, 0.0])]) == pytest.approx(1.0)
+    # three nodes: mean 0; squared distances 9, 0, 9 -> 6.
+    vs = [np.array([-3.0]), np.array([0.0]), np.array([3.0])]
+    assert consensus_distance(vs) == pytest.approx(6.0)
+    np.testing.assert_allclose(mean_vector(vs), [0.0])
+
+
+@pytest.mark.parametrize(
+    "vectors",
+    [[], [np.zeros(2), np.zeros(3)], [np.zeros(2), np.array([np.nan, 0.0])]],
+)
+def test_consensus_distance_rejects(vectors: list[np.ndarray]) -> None:
+    with pytest.raises(ValueError):
+        consensus_distance(vectors)
+
+
+def test_gossip_preserves_mean_and_converges() -> None:
+    rng = np.random.default_rng(1)
+    nodes = [rng.normal(size=50).astype(np.float32) for _ in range(6)]
+    mean0 = mean_vector(nodes)
+    d0 = consensus_distance(nodes)
+    for _ in range(200):
+        i, j = rng.choice(len(nodes), size=2, replace=False)
+        avg = mix(nodes[i], nodes[j])
+        nodes[i], nodes[j] = avg, avg.copy()
+        np.testing.assert_allclose(mean_vector(nodes), mean0, atol=1e-5)
+    assert consensus_distance(nodes) < 1e-6 * d0
+
+
+def test_push_pull_state() -> None:
+    s = push_pull_init()
+    assert s.rounds == 0
+    a = np.array([0.0, 0.0], np.float32)
+    b = np.array([3.0, 4.0], np.float32)
+    out, s = push_pull_update(s, a, b)
+    np.testing.assert_array_equal(out, [1.5, 2.0])
+    assert s.rounds == 1 and s.last_gap == pytest.approx(25.0)
