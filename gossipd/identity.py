@@ -13,7 +13,10 @@ import os
 import stat
 from pathlib import Path
 
+from protocol.crypto import peer_id_from_ed25519_public_key, public_key_from_seed
+
 KEY_FILE_NAME = "identity.key"
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 SEED_BYTES = 32
 
 
@@ -55,3 +58,18 @@ def _create(path: Path) -> bytes:
     os.chmod(tmp, 0o600)  # the umask may have cleared bits, never added any; be explicit
     os.replace(tmp, path)
     return seed
+
+
+def base58(data: bytes) -> str:
+    """Bitcoin-alphabet base58, the text form of libp2p peer IDs."""
+    n = int.from_bytes(data, "big")
+    out = ""
+    while n:
+        n, r = divmod(n, 58)
+        out = _B58[r] + out
+    return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
+
+
+def peer_id_for_seed(seed: bytes) -> str:
+    """The peer ID (12D3KooW...) that a node with this identity seed will have."""
+    return base58(peer_id_from_ed25519_public_key(public_key_from_seed(seed)))

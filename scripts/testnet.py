@@ -4,8 +4,9 @@
     scripts/testnet.py run --nodes 4 --seconds 90 --partition dirichlet:0.1 --out testnet-out
 
 Each node gets its own directory under --out (config.toml, state/ with its key, gossipd.log) and
-a control socket in a short private temp dir (Unix socket paths are limited to 108 bytes). Node 0
-starts first; the others get its address as their only bootstrap peer and must find each other.
+a control socket in a short private temp dir (Unix socket paths are limited to 108 bytes). All
+nodes start at once; node 0's key and port are fixed beforehand and its address is every other
+node's only bootstrap peer, so the rest must find each other by peer exchange.
 Readiness is polled over the control sockets (no fixed sleeps). At the end every node's status and
 parameters are collected, all nodes get SIGTERM (SIGKILL after 15 s, counted as a failure), and
 DIR/summary.json plus a table are written. Exit status 0 when every node started, answered and
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gossipd.cli import ControlError, request  # noqa: E402
+from gossipd.identity import load_or_create_seed, peer_id_for_seed  # noqa: E402
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -91,15 +93,23 @@ def node_env() -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def start_node(args: argparse.Namespace, i: int, sockdir: Path, bootstrap: list[str],
-               overrides: dict[str, dict[str, Any]]) -> NodeProc:
+               overrides: dict[str, dict[str, Any]], listen: str) -> NodeProc:
     ndir = args.out / f"node{i}"
     ndir.mkdir(parents=True, exist_ok=True)
     sock = sockdir / f"n{i}.sock"
     sections: dict[str, dict[str, Any]] = {
         "node": {"state_dir": str(ndir / "state"), "control_socket": str(sock),
                  "log_level": args.log_level},
-        "network": {"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": bootstrap,
+        "network": {"listen": [listen], "bootstrap": bootstrap,
                     "discovery_interval_s": 1.0},
         "averaging": {"enabled": not args.local_only},
         "train": {"task": args.task, "partition": args.partition, "num_shards": args.nodes,
@@ -247,13 +257,15 @@ def run(args: argparse.Namespace) -> int:
     ok = True
     try:
         t0 = time.monotonic()
-        first = start_node(args, 0, sockdir, [], args.overrides)
-        nodes.append(first)
-        wait_ready([first], t0 + READY_TIMEOUT_S)
-        bootstrap = [a for a in first.status["listen_addrs"] if "/ip4/127.0.0.1/" in a][:1]
-        nodes += [start_node(args, i, sockdir, bootstrap, args.overrides)
-                  for i in range(1, args.nodes)]
-        wait_ready(nodes[1:], time.monotonic() + READY_TIMEOUT_S)
+        # Node 0's key and port are fixed up front so that every node can start at once with
+        # node 0 as its only bootstrap peer (start-up is mostly JAX import and compile).
+        seed0 = load_or_create_seed(args.out / "node0" / "state")
+        bootstrap = [f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{peer_id_for_seed(seed0)}"]
+        first_listen = bootstrap[0].split("/p2p/")[0]
+        nodes = [start_node(args, i, sockdir, [] if i == 0 else bootstrap, args.overrides,
+                            listen=first_listen if i == 0 else "/ip4/127.0.0.1/tcp/0")
+                 for i in range(args.nodes)]
+        wait_ready(nodes, t0 + READY_TIMEOUT_S)
         print(f"testnet: {args.nodes} nodes ready in {time.monotonic() - t0:.1f} s; "
               f"running {args.seconds:g} s ({'local-only' if args.local_only else 'gossip'}, "
               f"{args.partition}); logs in {args.out}", flush=True)

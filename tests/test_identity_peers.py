@@ -86,3 +86,15 @@ def test_records_skip_the_asker_and_addressless_peers() -> None:
     table.add("b", [], 0.0)
     table.add("c", ["/y"], 0.0)
     assert [pid for pid, _ in table.records(exclude="a", limit=10)] == ["c"]
+
+
+def test_peer_id_for_seed_matches_libp2p(tmp_path: Path) -> None:
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.peer.id import ID
+
+    from gossipd.identity import base58, peer_id_for_seed
+
+    seed = load_or_create_seed(tmp_path)
+    key = Ed25519PrivateKey.from_bytes(seed)
+    assert peer_id_for_seed(seed) == ID.from_pubkey(key.get_public_key()).to_base58()
+    assert base58(b"\0\0\x01") == "112"
