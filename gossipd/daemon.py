@@ -18,6 +18,7 @@ import base64
 import logging
 import os
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,18 +85,9 @@ class Node:
             await stream.reset()
             return
         self.peers.add(peer_id, [], trio.current_time())
-        try:
-            await exchange.respond(
-                self.transport, stream, self.model, self.config.averaging.timeout_s,
-                self.stats.bytes,
-            )
-        except (ProtocolError, exchange.PeerRefused) as exc:
-            self._failed(peer_id, exc, strike=isinstance(exc, ProtocolError), served=True)
-        except (TransportError, trio.TooSlowError) as exc:
-            self._failed(peer_id, exc, strike=False, served=True)
-        else:
-            self.stats.served_ok += 1
-            self.peers.record_exchange(peer_id, True, trio.current_time())
+        await self._counted(peer_id, exchange.respond(
+            self.transport, stream, self.model, self.config.averaging.timeout_s, self.stats.bytes,
+        ), served=True)
 
     async def _on_peers_stream(self, stream: Stream) -> None:
         await discovery.serve(
@@ -103,35 +95,43 @@ class Node:
             self.config.network.dial_timeout_s,
         )
 
-    def _failed(self, peer_id: str, exc: BaseException, *, strike: bool, served: bool) -> None:
-        if served:
-            self.stats.served_failed += 1
+    async def _counted(self, peer_id: str, attempt: Awaitable[object], *, served: bool) -> None:
+        """Run one exchange; count its outcome for the node and the peer. Never raises for
+        peer-caused failures: a protocol violation is a strike, a transport failure or timeout
+        backs the peer off."""
+        try:
+            await attempt
+        except (ProtocolError, exchange.PeerRefused, TransportError, trio.TooSlowError) as exc:
+            if served:
+                self.stats.served_failed += 1
+            else:
+                self.stats.failed += 1
+            self.stats.last_error = f"{peer_id[-8:]}: {type(exc).__name__}: {exc}"[:300]
+            self.peers.record_exchange(peer_id, False, trio.current_time())
+            if isinstance(exc, ProtocolError):
+                count = self.peers.strike(peer_id)
+                log.warning("strike %d for %s: %s", count, peer_id, exc)
+            else:
+                log.info("exchange with %s failed: %s: %s", peer_id, type(exc).__name__, exc)
         else:
-            self.stats.failed += 1
-        self.stats.last_error = f"{peer_id[-8:]}: {type(exc).__name__}: {exc}"[:300]
-        self.peers.record_exchange(peer_id, False, trio.current_time())
-        if strike:
-            count = self.peers.strike(peer_id)
-            log.warning("strike %d for %s: %s", count, peer_id, exc)
-        else:
-            log.info("exchange with %s failed: %s: %s", peer_id, type(exc).__name__, exc)
+            if served:
+                self.stats.served_ok += 1
+            else:
+                self.stats.ok += 1
+            self.peers.record_exchange(peer_id, True, trio.current_time())
 
     # -- outbound --
+    async def _connect_and_initiate(self, peer_id: str) -> None:
+        entry = self.peers.get(peer_id)
+        if entry is not None and not self.transport.is_connected(peer_id):
+            with trio.fail_after(self.config.network.dial_timeout_s):
+                await self.transport.connect(peer_id, entry.addrs)
+        await exchange.initiate(
+            self.transport, peer_id, self.model, self.config.averaging.timeout_s, self.stats.bytes
+        )
+
     async def _average_once(self, peer_id: str) -> None:
-        timeout = self.config.averaging.timeout_s
-        try:
-            entry = self.peers.get(peer_id)
-            if entry is not None and not self.transport.is_connected(peer_id):
-                with trio.fail_after(self.config.network.dial_timeout_s):
-                    await self.transport.connect(peer_id, entry.addrs)
-            await exchange.initiate(self.transport, peer_id, self.model, timeout, self.stats.bytes)
-        except (ProtocolError, exchange.PeerRefused) as exc:
-            self._failed(peer_id, exc, strike=isinstance(exc, ProtocolError), served=False)
-        except (TransportError, trio.TooSlowError) as exc:
-            self._failed(peer_id, exc, strike=False, served=False)
-        else:
-            self.stats.ok += 1
-            self.peers.record_exchange(peer_id, True, trio.current_time())
+        await self._counted(peer_id, self._connect_and_initiate(peer_id), served=False)
 
     async def _averaging_loop(self) -> None:
         interval = self.config.averaging.interval_s

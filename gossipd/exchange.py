@@ -113,6 +113,32 @@ async def _send_error(ms: MessageStream, exc: ProtocolError) -> None:
         await ms.send(encode_message(ErrorMsg(code=exc.code, message=str(exc)[:512])))
 
 
+def _new_session(
+    transport: Transport, peer_id: str, model: LocalModel, step: int, hello: Hello | None
+) -> AveragingSession:
+    """The initiator passes hello=None; the responder passes the initiator's Hello."""
+    return AveragingSession(
+        initiator=hello is None,
+        local_peer_id=model.peer_id_bytes,
+        local_seed=model.seed,
+        remote_peer_id=transport.peer_id_bytes(peer_id),
+        spec=model.spec,
+        num_params=model.num_params,
+        step=step,
+        exchange_id=None if hello is None else hello.exchange_id,
+    )
+
+
+async def _finish(
+    ms: MessageStream, session: AveragingSession, model: LocalModel, flat: np.ndarray, step: int
+) -> ExchangeOutcome:
+    """Both roles, once keys exist: swap encrypted parameters, then mix theirs into ours."""
+    params = await _swap_params(ms, session.params_frame(flat, step))
+    remote, remote_step = session.receive_params(params)
+    model.apply_remote(remote, remote_step)
+    return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received)
+
+
 async def initiate(
     transport: Transport, peer_id: str, model: LocalModel, timeout: float, counter: ByteCounter
 ) -> ExchangeOutcome:
@@ -122,28 +148,17 @@ async def initiate(
         ms = MessageStream(stream)
         try:
             flat, step = model.snapshot()
-            session = AveragingSession(
-                initiator=True,
-                local_peer_id=model.peer_id_bytes,
-                local_seed=model.seed,
-                remote_peer_id=transport.peer_id_bytes(peer_id),
-                spec=model.spec,
-                num_params=model.num_params,
-                step=step,
-            )
+            session = _new_session(transport, peer_id, model, step, None)
             await ms.send(session.hello())
             reply = await ms.receive()
-            _expect(reply, Hello)
-            assert isinstance(reply, Hello)
             try:
+                _expect(reply, Hello)
+                assert isinstance(reply, Hello)
                 session.receive_hello(reply)
             except ProtocolError as exc:
                 await _send_error(ms, exc)
                 raise
-            params = await _swap_params(ms, session.params_frame(flat, step))
-            remote, remote_step = session.receive_params(params)
-            model.apply_remote(remote, remote_step)
-            return ExchangeOutcome(peer_id, remote_step, ms.bytes_sent, ms.bytes_received)
+            return await _finish(ms, session, model, flat, step)
         finally:
             counter.add(ms)
             await _close(stream)
@@ -153,7 +168,6 @@ async def respond(
     transport: Transport, stream: Stream, model: LocalModel, timeout: float, counter: ByteCounter
 ) -> ExchangeOutcome:
     """Serve one exchange started by `stream.remote_peer`. Raises like `initiate`."""
-    peer_id = stream.remote_peer
     ms = MessageStream(stream)
     try:
         with trio.fail_after(timeout):
@@ -162,25 +176,13 @@ async def respond(
                 _expect(first, Hello)
                 assert isinstance(first, Hello)
                 flat, step = model.snapshot()
-                session = AveragingSession(
-                    initiator=False,
-                    local_peer_id=model.peer_id_bytes,
-                    local_seed=model.seed,
-                    remote_peer_id=transport.peer_id_bytes(peer_id),
-                    spec=model.spec,
-                    num_params=model.num_params,
-                    step=step,
-                    exchange_id=first.exchange_id,
-                )
+                session = _new_session(transport, stream.remote_peer, model, step, first)
                 session.receive_hello(first)
             except ProtocolError as exc:
                 await _send_error(ms, exc)
                 raise
             await ms.send(session.hello())
-            params = await _swap_params(ms, session.params_frame(flat, step))
-            remote, remote_step = session.receive_params(params)
-            model.apply_remote(remote, remote_step)
-            return ExchangeOutcome(peer_id, remote_step, ms.bytes_sent, ms.bytes_received)
+            return await _finish(ms, session, model, flat, step)
     finally:
         counter.add(ms)
         await _close(stream)

@@ -63,13 +63,8 @@ async def start(nursery: trio.Nursery, *nodes: Node) -> None:
         await nursery.start(node.run, None)
 
 
-def params(node: Node) -> np.ndarray:
-    return node.runner.snapshot()[0]
-
-
-async def test_push_pull_exchange_averages_both_sides() -> None:
-    net = MemoryNetwork()
-    a, b = make_node(net, "a", 0.0), make_node(net, "b", 1.0)
+async def one_exchange(net: MemoryNetwork, a: Node, b: Node) -> None:
+    """Run both nodes, let a start one exchange with b, wait until all is quiet, stop."""
     async with trio.open_nursery() as nursery:
         net.nursery = nursery
         await start(nursery, a, b)
@@ -77,6 +72,16 @@ async def test_push_pull_exchange_averages_both_sides() -> None:
         await a._average_once(b.transport.peer_id)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
+
+
+def params(node: Node) -> np.ndarray:
+    return node.runner.snapshot()[0]
+
+
+async def test_push_pull_exchange_averages_both_sides() -> None:
+    net = MemoryNetwork()
+    a, b = make_node(net, "a", 0.0), make_node(net, "b", 1.0)
+    await one_exchange(net, a, b)
     np.testing.assert_allclose(params(a), 0.5)
     np.testing.assert_allclose(params(b), 0.5)
     assert a.stats.ok == 1 and b.stats.served_ok == 1
@@ -143,13 +148,7 @@ async def test_tampered_params_are_rejected_with_a_strike() -> None:
         return data
 
     b.transport.tamper_outgoing = flip_late_byte  # type: ignore[attr-defined]
-    async with trio.open_nursery() as nursery:
-        net.nursery = nursery
-        await start(nursery, a, b)
-        a.peers.add(b.transport.peer_id, ["/memory"], trio.current_time())
-        await a._average_once(b.transport.peer_id)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
+    await one_exchange(net, a, b)
     assert a.stats.failed == 1
     entry = a.peers.get(b.transport.peer_id)
     assert entry is not None and entry.strikes == 1
@@ -160,13 +159,7 @@ async def test_tampered_params_are_rejected_with_a_strike() -> None:
 async def test_different_model_is_refused_and_counted() -> None:
     net = MemoryNetwork()
     a, b = make_node(net, "a", 0.0), make_node(net, "b", 1.0, spec="other/6")
-    async with trio.open_nursery() as nursery:
-        net.nursery = nursery
-        await start(nursery, a, b)
-        a.peers.add(b.transport.peer_id, ["/memory"], trio.current_time())
-        await a._average_once(b.transport.peer_id)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
+    await one_exchange(net, a, b)
     assert a.stats.failed == 1 and b.stats.served_failed == 1
     assert "spec" in (a.stats.last_error or "").lower()
     np.testing.assert_allclose(params(a), 0.0)
@@ -192,13 +185,7 @@ async def test_unreachable_peer_is_backed_off(autojump_clock: trio.testing.MockC
 async def test_local_only_node_refuses_averaging() -> None:
     net = MemoryNetwork()
     a, b = make_node(net, "a", 0.0), make_node(net, "b", 1.0, enabled=False)
-    async with trio.open_nursery() as nursery:
-        net.nursery = nursery
-        await start(nursery, a, b)
-        a.peers.add(b.transport.peer_id, ["/memory"], trio.current_time())
-        await a._average_once(b.transport.peer_id)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
+    await one_exchange(net, a, b)
     assert a.stats.failed == 1
     np.testing.assert_allclose(params(b), 1.0)
 
