@@ -73,8 +73,19 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SwarmConfig:
+    """Membership; closed by default (see gossipd/membership.py)."""
+
+    open: bool = False
+    members: tuple[str, ...] = ()
+    members_file: Path | None = None
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -82,6 +93,7 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "node": NodeConfig,
+    "swarm": SwarmConfig,
     "network": NetworkConfig,
     "averaging": AveragingConfig,
     "train": TrainConfig,
@@ -101,6 +113,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v in ("debug", "info", "warning", "error"),
         "one of debug, info, warning, error",
     ),
+    "swarm.members": (lambda v: all(p.isalnum() and 20 <= len(p) <= 128 for p in v),
+                      "a list of peer IDs like \"12D3KooW...\""),
     "network.dial_timeout_s": (lambda v: 0 < v <= 120, "a number of seconds in (0, 120]"),
     "network.discovery_interval_s": (lambda v: 0 < v <= 3600, "seconds in (0, 3600]"),
     "network.max_peers": (lambda v: 1 <= v <= 10_000, "an integer in [1, 10000]"),
@@ -201,6 +215,13 @@ def from_mapping(data: Mapping[str, Any], base: Path) -> Config:
         raise ConfigError(
             f"config key 'train.shard_index': expected an integer < train.num_shards "
             f"({config.train.num_shards}), got {config.train.shard_index}"
+        )
+    sw = config.swarm
+    if not sw.open and not sw.members and sw.members_file is None and sw.secret_file is None:
+        raise ConfigError(
+            "config section 'swarm': a swarm is closed by default; expected swarm.members "
+            "(peer IDs), swarm.members_file or swarm.secret_file, or swarm.open = true for an "
+            "open test swarm"
         )
     return config
 

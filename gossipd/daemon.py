@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 from gossipd import discovery, exchange
 from gossipd.config import Config
+from gossipd.membership import Membership
 from gossipd.netapi import Stream, Transport, TransportError
 from gossipd.peers import PeerTable
 from gossipd.runner import ModelRunner
@@ -60,12 +61,15 @@ class Node:
         runner: ModelRunner,
         seed: bytes,
         rng: random.Random | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.config = config
+        self.membership = membership or Membership(open=True, members=frozenset())
         self.transport = transport
         self.runner = runner
         self.rng = rng or random.Random()
-        self.peers = PeerTable(transport.peer_id, config.network.max_peers, self.rng)
+        self.peers = PeerTable(transport.peer_id, config.network.max_peers, self.rng,
+                               admit=self.membership.allows)
         self.stats = ExchangeStats()
         self.discovery_stats = discovery.DiscoveryStats()
         self.model = exchange.LocalModel(
@@ -79,9 +83,16 @@ class Node:
         self.started_at = trio.current_time()
 
     # -- inbound --
+    def _admit(self, stream: Stream) -> bool:
+        """Every handler checks membership itself, whatever the transport did."""
+        if self.membership.allows(stream.remote_peer):
+            return True
+        self.membership.refuse(stream.remote_peer)
+        return False
+
     async def _on_avg_stream(self, stream: Stream) -> None:
         peer_id = stream.remote_peer
-        if not self.config.averaging.enabled:
+        if not self._admit(stream) or not self.config.averaging.enabled:
             await stream.reset()
             return
         self.peers.add(peer_id, [], trio.current_time())
@@ -90,6 +101,9 @@ class Node:
         ), served=True)
 
     async def _on_peers_stream(self, stream: Stream) -> None:
+        if not self._admit(stream):
+            await stream.reset()
+            return
         await discovery.serve(
             self.transport, stream, self.peers, self.discovery_stats, trio.current_time,
             self.config.network.dial_timeout_s,
@@ -163,6 +177,8 @@ class Node:
             "shard": f"{self.config.train.shard_index}/{self.config.train.num_shards}",
             "partition": self.config.train.partition,
             "averaging": self.config.averaging.enabled,
+            "membership": self.membership.mode,
+            "refused_non_members": self.membership.refused,
             "step": train.step,
             "loss": train.loss,
             "accuracy": train.accuracy,

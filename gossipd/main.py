@@ -19,7 +19,9 @@ from pathlib import Path
 import trio
 
 from gossipd import config as config_mod
-from gossipd.identity import IdentityError, load_or_create_seed
+from gossipd.identity import IdentityError, load_or_create_seed, peer_id_for_seed
+from gossipd.membership import Membership, MembershipError
+from gossipd.membership import build as build_membership
 
 log = logging.getLogger("gossipd")
 
@@ -69,7 +71,7 @@ def _build_trainer(cfg: config_mod.Config) -> object:
     return Trainer(t.task, shard, hyper, t.seed)
 
 
-async def _run(cfg: config_mod.Config, seed: bytes) -> None:
+async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership) -> None:
     from gossipd.control import bind_control_socket, remove_socket
     from gossipd.daemon import Node
     from gossipd.runner import ModelRunner
@@ -82,14 +84,17 @@ async def _run(cfg: config_mod.Config, seed: bytes) -> None:
     )
     socket_path = cfg.node.socket_path
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_transport(seed, cfg.network.listen) as transport:
+        async with open_transport(
+            seed, cfg.network.listen, membership.allows, membership.refuse
+        ) as transport:
+            log.info("swarm membership: %s", membership.mode)
             log.info("peer id %s", transport.peer_id)
             for addr in transport.listen_addrs():
                 log.info("listening on %s", addr)
             listener = await bind_control_socket(socket_path)
             try:
                 async with trio.open_nursery() as nursery:
-                    node = Node(cfg, transport, runner, seed)
+                    node = Node(cfg, transport, runner, seed, membership=membership)
                     await nursery.start(node.run, listener)
                     log.info("control socket %s; node ready", socket_path)
                     async for signum in signals:
@@ -145,7 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gossipd: {exc}", file=sys.stderr)
         return 1
     try:
-        trio.run(_run, cfg, seed)
+        membership = build_membership(
+            cfg.swarm.open, cfg.swarm.members, cfg.swarm.members_file, cfg.swarm.secret_file,
+            self_id=peer_id_for_seed(seed),
+        )
+    except MembershipError as exc:
+        print(f"gossipd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_run, cfg, seed, membership)
     except KeyboardInterrupt:  # a second Ctrl-C before the signal receiver existed
         return 130
     except Exception as exc:

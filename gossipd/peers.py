@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 BACKOFF_START_S = 1.0
@@ -56,8 +57,10 @@ def split_p2p_addr(addr: str) -> tuple[str, str]:
 
 
 class PeerTable:
-    def __init__(self, self_id: str, max_peers: int, rng: random.Random) -> None:
+    def __init__(self, self_id: str, max_peers: int, rng: random.Random,
+                 admit: Callable[[str], bool] = lambda _peer: True) -> None:
         self.self_id = self_id
+        self._admit = admit
         self.max_peers = max_peers
         self._rng = rng
         self._peers: dict[str, PeerEntry] = {}
@@ -73,7 +76,7 @@ class PeerTable:
 
     def add(self, peer_id: str, addrs: list[str], now: float) -> bool:
         """Learn or refresh a peer; returns True if it was new. Ignores ourselves and overflow."""
-        if peer_id == self.self_id:
+        if peer_id == self.self_id or not self._admit(peer_id):
             return False
         entry = self._peers.get(peer_id)
         if entry is None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import trio
 from libp2p import new_host
@@ -25,6 +26,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from multiaddr import Multiaddr
 
@@ -33,6 +35,36 @@ from gossipd.netapi import StreamHandler, TransportError
 NOISE_PROTOCOL_ID = "/noise"
 
 log = logging.getLogger("gossipd.transport")
+
+
+PeerFilter = Callable[[str], bool]
+
+
+class MemberOnlyNoise(NoiseTransport):
+    """Noise that drops a connection right after the handshake unless the authenticated remote
+    peer is a member. py-libp2p has no peer-ID gater; this refuses non-members in both directions
+    before any stream (and so any handler) exists."""
+
+    def __init__(self, *args: Any, allows: PeerFilter, on_refused: Callable[[str], None],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._allows = allows
+        self._on_refused = on_refused
+
+    async def _gate(self, secure_conn: Any) -> Any:
+        remote = secure_conn.get_remote_peer().to_base58()
+        if not self._allows(remote):
+            self._on_refused(remote)
+            with contextlib.suppress(Exception):
+                await secure_conn.close()
+            raise HandshakeFailure(f"peer {remote} is not a member of this swarm")
+        return secure_conn
+
+    async def secure_inbound(self, conn: Any) -> Any:
+        return await self._gate(await super().secure_inbound(conn))
+
+    async def secure_outbound(self, conn: Any, peer_id: Any) -> Any:
+        return await self._gate(await super().secure_outbound(conn, peer_id))
 
 
 class Libp2pStream:
@@ -73,9 +105,12 @@ class Libp2pStream:
 class Libp2pTransport:
     """gossipd.netapi.Transport over a running libp2p host (TCP + Noise + Yamux)."""
 
-    def __init__(self, host: object) -> None:
+    def __init__(self, host: object, allows: PeerFilter, on_refused: Callable[[str], None]
+                 ) -> None:
         self._host: object = host
         self._peer_id: str = host.get_id().to_base58()  # type: ignore[attr-defined]
+        self._allows = allows
+        self._on_refused = on_refused
 
     @property
     def peer_id(self) -> str:
@@ -97,6 +132,10 @@ class Libp2pTransport:
             try:
                 remote = raw.muxed_conn.peer_id.to_base58()  # type: ignore[attr-defined]
                 stream = Libp2pStream(raw, remote)
+                if not self._allows(remote):  # second line of defence after the Noise gate
+                    self._on_refused(remote)
+                    await stream.reset()
+                    return
                 await handler(stream)
             except Exception:
                 log.exception("handler for %s failed", protocol_id)
@@ -139,11 +178,18 @@ class Libp2pTransport:
 
 
 @contextlib.asynccontextmanager
-async def open_transport(seed: bytes, listen: Sequence[str]) -> AsyncIterator[Libp2pTransport]:
-    """Start a Noise-only libp2p host on `listen`; always close it (and its listener) on exit."""
+async def open_transport(
+    seed: bytes,
+    listen: Sequence[str],
+    allows: PeerFilter = lambda _peer: True,
+    on_refused: Callable[[str], None] = lambda _peer: None,
+) -> AsyncIterator[Libp2pTransport]:
+    """Start a Noise-only libp2p host on `listen` that admits only peers `allows` accepts;
+    always close it (and its listener) on exit."""
     secret = Ed25519PrivateKey.from_bytes(seed)
     key_pair = KeyPair(secret, secret.get_public_key())
-    noise = NoiseTransport(key_pair, noise_privkey=new_x25519_pair().private_key)
+    noise = MemberOnlyNoise(key_pair, noise_privkey=new_x25519_pair().private_key,
+                            allows=allows, on_refused=on_refused)
     host = new_host(
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
@@ -151,7 +197,7 @@ async def open_transport(seed: bytes, listen: Sequence[str]) -> AsyncIterator[Li
     )
     try:
         async with host.run(listen_addrs=[Multiaddr(a) for a in listen]):
-            yield Libp2pTransport(host)
+            yield Libp2pTransport(host, allows, on_refused)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await host.close()

@@ -259,8 +259,12 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         # Node 0's key and port are fixed up front so that every node can start at once with
         # node 0 as its only bootstrap peer (start-up is mostly JAX import and compile).
-        seed0 = load_or_create_seed(args.out / "node0" / "state")
-        bootstrap = [f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{peer_id_for_seed(seed0)}"]
+        # Every node's key is made up front too: the swarm is closed, its allowlist is all nodes.
+        ids = [peer_id_for_seed(load_or_create_seed(args.out / f"node{i}" / "state"))
+               for i in range(args.nodes)]
+        swarm = {"open": True} if args.open_swarm else {"members": ids}
+        args.overrides = {"swarm": swarm, **args.overrides}
+        bootstrap = [f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{ids[0]}"]
         first_listen = bootstrap[0].split("/p2p/")[0]
         nodes = [start_node(args, i, sockdir, [] if i == 0 else bootstrap, args.overrides,
                             listen=first_listen if i == 0 else "/ip4/127.0.0.1/tcp/0")
@@ -353,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a node config key, e.g. averaging.interval_s=0.3")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--open-swarm", action="store_true",
+                   help="no member allowlist (swarm.open = true); default: closed to the N nodes")
     p.add_argument("--report-every", type=float, default=10.0, help="progress line period (s)")
     args = parser.parse_args(argv)
     if args.nodes < 1:

@@ -10,6 +10,8 @@ from gossipd import config
 from gossipd.main import main
 
 GOOD = """
+[swarm]
+open = true
 [node]
 state_dir = "state"
 [network]
@@ -39,14 +41,18 @@ def test_good_config_is_typed_and_paths_are_relative_to_the_file(tmp_path: Path)
     assert str(cfg.train.parsed_partition) == "dirichlet:0.1"
 
 
-def test_empty_config_gives_defaults(tmp_path: Path) -> None:
-    assert config.load(write(tmp_path, "")) == config.Config()
+def test_swarm_is_closed_by_default(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match=r"'swarm'.*closed by default"):
+        config.load(write(tmp_path, ""))
+    open_cfg = config.load(write(tmp_path, "[swarm]\nopen = true\n"))
+    assert open_cfg == config.Config(swarm=config.SwarmConfig(open=True))
 
 
 @pytest.mark.parametrize(
     ("text", "named"),
     [
         ("[node]\nstat_dir = 'x'\n", "node.stat_dir"),
+        ("[swarm]\nmembers = ['not a peer id']\n", "swarm.members"),
         ("[nodes]\n", "nodes"),
         ("[averaging]\ninterval_s = 'fast'\n", "averaging.interval_s"),
         ("[averaging]\nenabled = 1\n", "averaging.enabled"),
@@ -73,7 +79,7 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_daemon_exits_2_on_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, "[averaging]\ninterval_s = -1\n")
+    path = write(tmp_path, "[swarm]\nopen = true\n[averaging]\ninterval_s = -1\n")
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "averaging.interval_s" in err and "expected" in err

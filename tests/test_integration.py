@@ -56,7 +56,7 @@ def test_single_node_lifecycle(tmp_path: Path) -> None:
         sock = Path(short) / "c.sock"
         config = tmp_path / "node.toml"
         config.write_text(
-            f'[node]\nstate_dir = "state"\ncontrol_socket = "{sock}"\n'
+            f'[swarm]\nopen = true\n[node]\nstate_dir = "state"\ncontrol_socket = "{sock}"\n'
             '[network]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n'
             '[train]\nsteps_per_second = 10\n'
         )
