@@ -23,6 +23,9 @@ from .messages import MAX_CHUNK_PLAINTEXT, MAX_CHUNKS
 
 __all__ = [
     "ED25519_PEER_ID_PREFIX",
+    "Opener",
+    "Sealer",
+    "chunk_count",
     "ed25519_public_key_from_peer_id",
     "ephemeral_from_private",
     "new_ephemeral",
@@ -122,39 +125,106 @@ def x25519_shared(private32: bytes, peer_public32: bytes) -> bytes:
 # ------------------------------------------------------------------ payload AEAD
 
 
-def seal(key: bytes, plaintext: bytes, chunk_size: int = 1 << 20) -> tuple[bytes, list[bytes]]:
-    """Encrypt ``plaintext`` as a secretstream: (24-byte header, sealed chunks).
+class Sealer:
+    """Push side of one secretstream: ``header`` first, then ``push()`` each chunk in order.
 
-    Chunks carry ``chunk_size`` plaintext bytes each (the last one may be shorter
-    or empty); only the last chunk is tagged FINAL, all others MESSAGE.
+    Only the last chunk is tagged FINAL (``final=True``), every other one MESSAGE, so the
+    receiver can tell a complete stream from a truncated one.
     """
-    if len(key) != _KEYBYTES:
-        raise ValueError("secretstream key must be 32 bytes")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != _KEYBYTES:
+            raise ValueError("secretstream key must be 32 bytes")
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
+        self.header = bytes(header)
+        self._finished = False
+
+    def push(self, piece: bytes, final: bool) -> bytes:
+        if self._finished:
+            raise ValueError("secretstream already finished")
+        if len(piece) > MAX_CHUNK_PLAINTEXT:
+            raise ValueError(f"chunk plaintext over {MAX_CHUNK_PLAINTEXT} bytes")
+        tag = _TAG_FINAL if final else _TAG_MESSAGE
+        self._finished = final
+        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(self._state, piece, None, tag)
+        return bytes(sealed)
+
+
+class Opener:
+    """Pull side of one secretstream. ``pull(chunk, last)`` returns the chunk's plaintext.
+
+    IntegrityError for a bad header, any chunk that fails authentication (tampered,
+    dropped, duplicated or reordered: the stream's nonce counter moves on with every
+    chunk), FINAL before the last chunk, a last chunk without FINAL (truncation), or a
+    tag that ``Sealer`` never produces (PUSH/REKEY). After an error the opener is dead.
+    """
+
+    def __init__(self, key: bytes, header: bytes) -> None:
+        if len(key) != _KEYBYTES:
+            raise ValueError("secretstream key must be 32 bytes")
+        if not isinstance(header, bytes) or len(header) != _HEADERBYTES:
+            raise IntegrityError("secretstream header must be 24 bytes")
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        try:
+            sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key)
+        except (nacl.exceptions.CryptoError, ValueError):
+            raise IntegrityError("bad secretstream header") from None
+        self._index = 0
+        self._dead = False
+
+    def pull(self, chunk: bytes, last: bool) -> bytes:
+        if self._dead:
+            raise IntegrityError("secretstream already finished or failed")
+        self._dead = True  # until this chunk is proven good
+        if not isinstance(chunk, bytes) or len(chunk) < _ABYTES:
+            raise IntegrityError("chunk shorter than the authentication tag")
+        try:
+            piece, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
+                self._state, chunk, None
+            )
+        except (nacl.exceptions.CryptoError, ValueError):
+            raise IntegrityError(f"chunk {self._index} failed authentication") from None
+        if tag == _TAG_FINAL and not last:
+            raise IntegrityError("data after the FINAL chunk")
+        if tag != _TAG_FINAL and last:
+            raise IntegrityError("stream truncated: last chunk is not FINAL")
+        if tag not in (_TAG_FINAL, _TAG_MESSAGE):
+            raise IntegrityError(f"unexpected secretstream tag {tag}")
+        self._index += 1
+        self._dead = last
+        return bytes(piece)
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    """Chunks a plaintext of ``size`` bytes needs (an empty plaintext still has one)."""
+    return max(1, -(-size // chunk_size))
+
+
+def seal(key: bytes, plaintext: bytes, chunk_size: int = 1 << 20) -> tuple[bytes, list[bytes]]:
+    """Encrypt ``plaintext`` as a whole secretstream: (24-byte header, sealed chunks).
+
+    Chunks carry ``chunk_size`` plaintext bytes each (the last one may be shorter or empty).
+    """
     if not 1 <= chunk_size <= MAX_CHUNK_PLAINTEXT:
         raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_PLAINTEXT}")
-    count = max(1, -(-len(plaintext) // chunk_size))
+    count = chunk_count(len(plaintext), chunk_size)
     if count > MAX_CHUNKS:
         raise LimitExceeded(f"plaintext needs {count} chunks, cap is {MAX_CHUNKS}")
-    state = sodium.crypto_secretstream_xchacha20poly1305_state()
-    header = bytes(sodium.crypto_secretstream_xchacha20poly1305_init_push(state, key))
+    sealer = Sealer(key)
     view = memoryview(plaintext)
-    chunks: list[bytes] = []
-    for i in range(count):
-        piece = bytes(view[i * chunk_size : (i + 1) * chunk_size])
-        tag = _TAG_FINAL if i == count - 1 else _TAG_MESSAGE
-        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(state, piece, None, tag)
-        chunks.append(bytes(sealed))
-    return header, chunks
+    chunks = [
+        sealer.push(bytes(view[i * chunk_size : (i + 1) * chunk_size]), i == count - 1)
+        for i in range(count)
+    ]
+    return sealer.header, chunks
 
 
 def open_sealed(key: bytes, header: bytes, chunks: Sequence[bytes], max_plaintext: int) -> bytes:
-    """Decrypt a secretstream produced by ``seal``.
+    """Decrypt a whole secretstream produced by ``seal`` (errors as ``Opener``).
 
-    IntegrityError: wrong key/header, any tampered, dropped, duplicated or
-    reordered chunk, a missing FINAL tag (truncation), chunks after FINAL, or a
-    tag ``seal`` never produces (PUSH/REKEY). LimitExceeded: the total plaintext
-    would exceed ``max_plaintext``; checked from ciphertext lengths *before*
-    decrypting, so an oversized stream costs no decryption work.
+    LimitExceeded: the total plaintext would exceed ``max_plaintext``; checked from the
+    ciphertext lengths *before* decrypting, so an oversized stream costs no decryption work.
     """
     if len(key) != _KEYBYTES:
         raise ValueError("secretstream key must be 32 bytes")
@@ -169,23 +239,6 @@ def open_sealed(key: bytes, header: bytes, chunks: Sequence[bytes], max_plaintex
         total += len(chunk) - _ABYTES
     if total > max_plaintext:
         raise LimitExceeded(f"sealed payload of {total} bytes exceeds {max_plaintext}")
-    state = sodium.crypto_secretstream_xchacha20poly1305_state()
-    try:
-        sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, header, key)
-    except (nacl.exceptions.CryptoError, ValueError):
-        raise IntegrityError("bad secretstream header") from None
-    parts: list[bytes] = []
+    opener = Opener(key, header)
     last = len(chunks) - 1
-    for i, chunk in enumerate(chunks):
-        try:
-            piece, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(state, chunk, None)
-        except (nacl.exceptions.CryptoError, ValueError):
-            raise IntegrityError(f"chunk {i} failed authentication") from None
-        if tag == _TAG_FINAL and i != last:
-            raise IntegrityError("data after the FINAL chunk")
-        if tag != _TAG_FINAL and i == last:
-            raise IntegrityError("stream truncated: last chunk is not FINAL")
-        if tag not in (_TAG_FINAL, _TAG_MESSAGE):
-            raise IntegrityError(f"unexpected secretstream tag {tag}")
-        parts.append(bytes(piece))
-    return b"".join(parts)
+    return b"".join(opener.pull(chunk, i == last) for i, chunk in enumerate(chunks))
