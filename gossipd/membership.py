@@ -14,12 +14,13 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MIN_SECRET_BYTES = 32
+from protocol.handshake import MIN_SWARM_SECRET_LEN, swarm_key_from_secret
+
+MIN_SECRET_BYTES = MIN_SWARM_SECRET_LEN
 
 
 class MembershipError(Exception):
@@ -84,7 +85,7 @@ def read_swarm_key(path: Path) -> bytes:
             f"swarm.secret_file {path} holds {len(secret)} bytes, expected at least "
             f"{MIN_SECRET_BYTES}; create one with: head -c 32 /dev/urandom > {path}"
         )
-    return hashlib.blake2b(secret, digest_size=32, person=b"gossipd-swarm").digest()
+    return swarm_key_from_secret(secret)
 
 
 def build(open_swarm: bool, members: tuple[str, ...], members_file: Path | None,

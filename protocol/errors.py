@@ -23,6 +23,7 @@ __all__ = [
     "LimitExceeded",
     "ProtocolError",
     "RemoteError",
+    "ReplayDetected",
     "SpecMismatch",
     "UnexpectedMessage",
     "VersionMismatch",
@@ -70,6 +71,12 @@ class AuthenticationError(ProtocolError):
     code = "auth"
 
 
+class ReplayDetected(AuthenticationError):
+    """An initiator Hello outside the time window or with an exchange id already used."""
+
+    code = "replay"
+
+
 class IntegrityError(ProtocolError):
     """AEAD failure: tampering, truncation, reordering or trailing data."""
 
@@ -106,6 +113,7 @@ ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     UnexpectedMessage,
     VersionMismatch,
     AuthenticationError,
+    ReplayDetected,
     IntegrityError,
     LimitExceeded,
     SpecMismatch,

@@ -46,12 +46,14 @@ PEERS_PROTOCOL_ID = "/gossipd/peers/1.0.0"
 EXCHANGE_ID_LEN = 16
 EPH_PUB_LEN = 32
 SIG_LEN = 64
+SWARM_TAG_LEN = 32
 SECRETSTREAM_HEADER_LEN = 24
 SECRETSTREAM_ABYTES = 17
 # Caps. Changing a cap is a protocol change: peers reject anything above theirs.
 MAX_SPEC_LEN = 256  # chars
 MAX_NUM_PARAMS = 1 << 32
 MAX_STEP = (1 << 63) - 1
+MAX_TIME_MS = (1 << 63) - 1
 MAX_VERSION = 0xFFFFFFFF
 MAX_CHUNK_PLAINTEXT = 1 << 20  # bytes of plaintext per secretstream chunk
 MAX_CHUNKS = 4096
@@ -77,6 +79,8 @@ class Hello:
     spec: str
     num_params: int
     step: int
+    time_ms: int = 0  # signer's wall clock, ms since the Unix epoch (replay window)
+    swarm_tag: bytes = b""  # proof of the swarm secret; empty in swarms without one
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,8 @@ def _to_wire_unchecked(msg: Message) -> dict[str, Any]:
             "spec": msg.spec,
             "num_params": msg.num_params,
             "step": msg.step,
+            "time_ms": msg.time_ms,
+            "swarm_tag": msg.swarm_tag,
         }
     if isinstance(msg, Params):
         return {"t": T_PARAMS, "header": msg.header, "chunks": list(msg.chunks)}
@@ -238,7 +244,16 @@ def _hello(body: dict[str, Any]) -> Hello:
         spec=_str_value(_field(body, "spec"), "spec", MAX_SPEC_LEN),
         num_params=_int(body, "num_params", 1, MAX_NUM_PARAMS),
         step=_int(body, "step", 0, MAX_STEP),
+        time_ms=_int(body, "time_ms", 0, MAX_TIME_MS),
+        swarm_tag=_swarm_tag(body),
     )
+
+
+def _swarm_tag(body: dict[str, Any]) -> bytes:
+    value = _field(body, "swarm_tag")
+    if not isinstance(value, bytes) or len(value) not in (0, SWARM_TAG_LEN):
+        raise DecodeError(f"field 'swarm_tag' must be 0 or {SWARM_TAG_LEN} bytes")
+    return value
 
 
 def _params(body: dict[str, Any]) -> Params:

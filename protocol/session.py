@@ -51,10 +51,13 @@ from .framing import DEFAULT_MAX_FRAME
 from .handshake import (
     ROLE_INITIATOR,
     ROLE_RESPONDER,
+    SWARM_KEY_LEN,
     SessionKeys,
     derive_keys,
     kdf_info,
     signed_transcript,
+    swarm_tag,
+    swarm_tag_ok,
 )
 from .messages import (
     EXCHANGE_ID_LEN,
@@ -62,6 +65,7 @@ from .messages import (
     MAX_NUM_PARAMS,
     MAX_SPEC_LEN,
     MAX_STEP,
+    MAX_TIME_MS,
     PROTOCOL_VERSION,
     ErrorMsg,
     Hello,
@@ -70,6 +74,7 @@ from .messages import (
     encode_message,
     to_wire,
 )
+from .replay import ReplayGuard
 from .tensors import decode_params, encode_params, params_plaintext_bound
 
 __all__ = ["AveragingSession", "error_frame"]
@@ -98,7 +103,15 @@ class AveragingSession:
         max_frame: int = DEFAULT_MAX_FRAME,
         eph_private: bytes | None = None,
         chunk_size: int = MAX_CHUNK_PLAINTEXT,
+        time_ms: int = 0,
+        swarm_key: bytes | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
+        """``time_ms`` is the local wall clock (ms since the epoch) at the start of this
+        exchange: it goes into our Hello and, for a responder with a ``replay`` guard, is
+        the "now" against which the initiator's Hello time is judged. ``swarm_key`` (32
+        bytes) is the hashed swarm secret: both Hellos must prove it, and it is mixed into
+        the payload keys."""
         # Local configuration errors are ValueError, not ProtocolError.
         if len(local_seed) != 32:
             raise ValueError("local_seed must be 32 bytes")
@@ -118,6 +131,10 @@ class AveragingSession:
             raise ValueError("step out of range")
         if exchange_id is not None and len(exchange_id) != EXCHANGE_ID_LEN:
             raise ValueError("exchange_id must be 16 bytes")
+        if not 0 <= time_ms <= MAX_TIME_MS:
+            raise ValueError("time_ms out of range")
+        if swarm_key is not None and len(swarm_key) != SWARM_KEY_LEN:
+            raise ValueError(f"swarm_key must be {SWARM_KEY_LEN} bytes")
         # A remote ID without an inline Ed25519 key can never authenticate.
         self._remote_pub = ed25519_public_key_from_peer_id(remote_peer_id)
 
@@ -130,6 +147,9 @@ class AveragingSession:
         self._step = step
         self._max_frame = max_frame
         self._chunk_size = chunk_size
+        self._time_ms = time_ms
+        self._swarm_key = swarm_key
+        self._replay = replay
         if initiator and exchange_id is None:
             exchange_id = os.urandom(EXCHANGE_ID_LEN)
         # Responder: an explicit exchange_id is an expectation the Hello must meet.
@@ -213,6 +233,7 @@ class AveragingSession:
             spec=self._spec,
             num_params=self._num_params,
             step=self._step,
+            time_ms=self._time_ms,
         )
         msg = Hello(
             version=PROTOCOL_VERSION,
@@ -222,6 +243,8 @@ class AveragingSession:
             spec=self._spec,
             num_params=self._num_params,
             step=self._step,
+            time_ms=self._time_ms,
+            swarm_tag=swarm_tag(self._swarm_key, transcript),
         )
         self._hello_sent = True
         return encode_message(msg)
@@ -256,8 +279,16 @@ class AveragingSession:
             spec=msg.spec,
             num_params=msg.num_params,
             step=msg.step,
+            time_ms=msg.time_ms,
         )
         verify(self._remote_pub, transcript, msg.sig)
+        # The signature proved who sent it; now whether they belong and whether it is fresh.
+        if not swarm_tag_ok(self._swarm_key, transcript, msg.swarm_tag):
+            if self._swarm_key is None:
+                raise AuthenticationError("peer uses a swarm secret and we have none")
+            raise AuthenticationError("peer does not hold this swarm's secret")
+        if self._replay is not None and not self._initiator:
+            self._replay.check(msg.exchange_id, msg.time_ms, self._time_ms)
         if msg.spec != self._spec:
             raise SpecMismatch(f"peer trains {msg.spec!r:.80}, we train {self._spec!r:.80}")
         if msg.num_params != self._num_params:
@@ -279,7 +310,7 @@ class AveragingSession:
             spec=self._spec,
             num_params=self._num_params,
         )
-        self._keys = derive_keys(shared, info)
+        self._keys = derive_keys(shared, info, self._swarm_key)
         self._exchange_id = msg.exchange_id
         self._remote_step = msg.step
         self._hello_received = True

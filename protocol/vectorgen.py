@@ -25,7 +25,15 @@ from .crypto import (
     sign,
     x25519_shared,
 )
-from .handshake import ROLE_INITIATOR, ROLE_RESPONDER, derive_keys, kdf_info, signed_transcript
+from .handshake import (
+    ROLE_INITIATOR,
+    ROLE_RESPONDER,
+    derive_keys,
+    kdf_info,
+    signed_transcript,
+    swarm_key_from_secret,
+    swarm_tag,
+)
 from .messages import (
     PROTOCOL_VERSION,
     ErrorMsg,
@@ -53,6 +61,9 @@ STEP_I = 120
 STEP_R = 97
 VALUES = [0.5, -1.25, 3.0, 0.125, 1024.0]
 CHUNK_SIZE = 16
+TIME_MS = 1_796_000_000_000  # 2026-11-30T00:53:20Z; both Hellos carry it
+SWARM_SECRET = b"gossipd test vector swarm secret, 48 bytes long.."
+SWARM_KEY = swarm_key_from_secret(SWARM_SECRET)
 
 
 def _party(seed: bytes, eph_priv: bytes, step: int) -> dict[str, Any]:
@@ -76,6 +87,7 @@ def build_handshake() -> dict[str, Any]:
         "spec": SPEC,
         "num_params": NUM_PARAMS,
         "exchange_id": EXCHANGE_ID.hex(),
+        "time_ms": TIME_MS,
         "initiator": ini,
         "responder": res,
     }
@@ -93,6 +105,7 @@ def build_handshake() -> dict[str, Any]:
             spec=SPEC,
             num_params=NUM_PARAMS,
             step=me["step"],
+            time_ms=TIME_MS,
         )
         sig = sign(seed, transcript)
         hello = Hello(
@@ -103,7 +116,9 @@ def build_handshake() -> dict[str, Any]:
             spec=SPEC,
             num_params=NUM_PARAMS,
             step=me["step"],
+            time_ms=TIME_MS,
         )
+        out[f"{name}_swarm_tag"] = swarm_tag(SWARM_KEY, transcript).hex()
         out[f"{name}_transcript"] = transcript.hex()
         out[f"{name}_sig"] = sig.hex()
         out[f"{name}_hello_frame"] = encode_message(hello).hex()
@@ -121,6 +136,12 @@ def build_handshake() -> dict[str, Any]:
     keys = derive_keys(shared, info)
     out.update(
         shared_secret=shared.hex(), kdf_info=info.hex(), k_i2r=keys.i2r.hex(), k_r2i=keys.r2i.hex()
+    )
+    # The same exchange in a swarm with a secret: Hellos add swarm tags, keys mix the swarm key.
+    swarm_keys = derive_keys(shared, info, SWARM_KEY)
+    out.update(
+        swarm_secret=SWARM_SECRET.hex(), swarm_key=SWARM_KEY.hex(),
+        swarm_k_i2r=swarm_keys.i2r.hex(), swarm_k_r2i=swarm_keys.r2i.hex(),
     )
     return out
 

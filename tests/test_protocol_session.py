@@ -15,6 +15,7 @@ from protocol.errors import (
     IntegrityError,
     LimitExceeded,
     RemoteError,
+    ReplayDetected,
     SpecMismatch,
     UnexpectedMessage,
     VersionMismatch,
@@ -22,6 +23,7 @@ from protocol.errors import (
 from protocol.framing import FrameDecoder
 from protocol.handshake import ROLE_INITIATOR, ROLE_RESPONDER, signed_transcript
 from protocol.messages import ErrorMsg, Hello, Message, Params, PeersRequest, from_wire
+from protocol.replay import ReplayGuard
 from protocol.session import AveragingSession, error_frame
 from protocol.tensors import params_frame_bound
 
@@ -90,6 +92,7 @@ def resign(hello: Hello, seed: bytes, signer: bytes, receiver: bytes, role: int)
         spec=hello.spec,
         num_params=hello.num_params,
         step=hello.step,
+        time_ms=hello.time_ms,
     )
     return dataclasses.replace(hello, sig=sign(seed, transcript))
 
@@ -492,3 +495,87 @@ def test_hand_built_messages_are_validated() -> None:
     a, b = pair()
     with pytest.raises(DecodeError):
         b.receive_params(Params(header=b"\x00" * 23, chunks=[b"\x00" * 17]))
+
+
+# ------------------------------------------------------------------ swarm secret
+
+
+KEY_1, KEY_2 = b"\x11" * 32, b"\x22" * 32
+
+
+def test_swarm_members_with_the_same_key_agree() -> None:
+    a, b = pair(swarm_key=KEY_1)
+    assert a.keys == b.keys
+    plain_a, _ = pair()
+    assert a.keys != plain_a.keys  # the swarm key is mixed into the payload keys
+
+
+@pytest.mark.parametrize(
+    ("key_a", "key_b", "text"),
+    [
+        (KEY_1, KEY_2, "does not hold this swarm's secret"),
+        (KEY_1, None, "we have none"),
+        (None, KEY_1, "does not hold this swarm's secret"),
+    ],
+)
+def test_swarm_key_mismatch_is_refused_before_any_key(
+    key_a: bytes | None, key_b: bytes | None, text: str
+) -> None:
+    a = session("a", "b", initiator=True, swarm_key=key_a)
+    b = session("b", "a", initiator=False, swarm_key=key_b)
+    with pytest.raises(AuthenticationError, match=text):
+        b.receive_hello(hello_of(a.hello()))
+    assert b.failed and b.keys is None
+
+
+def test_stripped_or_copied_swarm_tag_is_refused() -> None:
+    a = session("a", "b", initiator=True, swarm_key=KEY_1)
+    hello = hello_of(a.hello())
+    for tag in (b"", bytes(32), hello.swarm_tag[::-1]):
+        b = session("b", "a", initiator=False, swarm_key=KEY_1)
+        with pytest.raises(AuthenticationError):
+            b.receive_hello(dataclasses.replace(hello, swarm_tag=tag))
+
+
+# ------------------------------------------------------------------ replay protection
+
+NOW = 1_800_000_000_000
+
+
+def test_replayed_initiator_hello_is_refused_by_the_guard() -> None:
+    guard = ReplayGuard()
+    a = session("a", "b", initiator=True, time_ms=NOW)
+    hello = hello_of(a.hello())
+    session("b", "a", initiator=False, time_ms=NOW + 50, replay=guard).receive_hello(hello)
+    again = session("b", "a", initiator=False, time_ms=NOW + 90, replay=guard)
+    with pytest.raises(ReplayDetected, match="already used"):
+        again.receive_hello(hello)
+    assert again.failed
+
+
+def test_replay_guard_survives_a_restart() -> None:
+    guard = ReplayGuard()
+    hello = hello_of(session("a", "b", initiator=True, time_ms=NOW).hello())
+    session("b", "a", initiator=False, time_ms=NOW, replay=guard).receive_hello(hello)
+    restored = ReplayGuard.restore(guard.dump(), now_ms=NOW + 1000)
+    with pytest.raises(ReplayDetected):
+        session("b", "a", initiator=False, time_ms=NOW + 1000, replay=restored).receive_hello(
+            hello
+        )
+
+
+@pytest.mark.parametrize("skew_ms", [-300_001, 300_001])
+def test_hello_outside_the_window_is_refused(skew_ms: int) -> None:
+    hello = hello_of(session("a", "b", initiator=True, time_ms=NOW + skew_ms).hello())
+    b = session("b", "a", initiator=False, time_ms=NOW, replay=ReplayGuard())
+    with pytest.raises(ReplayDetected, match="window"):
+        b.receive_hello(hello)
+
+
+def test_forged_time_fails_the_signature_not_the_guard() -> None:
+    guard = ReplayGuard()
+    hello = hello_of(session("a", "b", initiator=True, time_ms=NOW).hello())
+    b = session("b", "a", initiator=False, time_ms=NOW, replay=guard)
+    with pytest.raises(AuthenticationError, match="bad signature"):
+        b.receive_hello(dataclasses.replace(hello, time_ms=NOW + 1))
+    assert len(guard) == 0  # unverified Hellos are never recorded

@@ -48,9 +48,10 @@ def decode_one(frame: bytes) -> Any:
     return from_wire(body)
 
 
-def sessions() -> tuple[AveragingSession, AveragingSession]:
+def sessions(swarm_key: bytes | None = None) -> tuple[AveragingSession, AveragingSession]:
     ini, res = HS["initiator"], HS["responder"]
-    common = {"spec": HS["spec"], "num_params": HS["num_params"]}
+    common = {"spec": HS["spec"], "num_params": HS["num_params"], "time_ms": HS["time_ms"],
+              "swarm_key": swarm_key}
     a = AveragingSession(
         initiator=True,
         local_peer_id=H(ini["peer_id"]),
@@ -111,6 +112,7 @@ def test_transcript_layout_per_spec(side: str, role: int, other: str) -> None:
         + _lp(HS["spec"].encode())
         + struct.pack(">Q", HS["num_params"])
         + struct.pack(">Q", me["step"])
+        + struct.pack(">Q", HS["time_ms"])
     )
     assert expected.hex() == HS[f"{side}_transcript"]
     # The sig is plain Ed25519 by the key inside the peer ID, over the transcript.
@@ -141,6 +143,34 @@ def test_kdf_per_spec() -> None:
     for name, person in (("k_i2r", b"gossipd/avg/i2r\x00"), ("k_r2i", b"gossipd/avg/r2i\x00")):
         key = hashlib.blake2b(info, digest_size=32, key=shared, person=person).digest()
         assert key.hex() == HS[name]
+
+
+def test_swarm_vectors_per_spec() -> None:
+    secret = H(HS["swarm_secret"])
+    swarm_key = hashlib.blake2b(secret, digest_size=32, person=b"gossipd-swarm").digest()
+    assert swarm_key.hex() == HS["swarm_key"]
+    for side in ("initiator", "responder"):
+        tag = hashlib.blake2b(H(HS[f"{side}_transcript"]), digest_size=32, key=swarm_key,
+                              person=b"gossipd/swarmtag").digest()
+        assert tag.hex() == HS[f"{side}_swarm_tag"]
+    ikm = hashlib.blake2b(H(HS["shared_secret"]), digest_size=32, key=swarm_key,
+                          person=b"gossipd/avg/psk\x00").digest()
+    for name, person in (("swarm_k_i2r", b"gossipd/avg/i2r\x00"),
+                         ("swarm_k_r2i", b"gossipd/avg/r2i\x00")):
+        key = hashlib.blake2b(H(HS["kdf_info"]), digest_size=32, key=ikm, person=person).digest()
+        assert key.hex() == HS[name]
+
+
+def test_sessions_reproduce_swarm_vectors() -> None:
+    a, b = sessions(H(HS["swarm_key"]))
+    ha = decode_one(a.hello())
+    assert ha.swarm_tag.hex() == HS["initiator_swarm_tag"]
+    b.receive_hello(ha)
+    hb = decode_one(b.hello())
+    assert hb.swarm_tag.hex() == HS["responder_swarm_tag"]
+    a.receive_hello(hb)
+    assert a.keys is not None and b.keys == a.keys
+    assert a.keys.i2r.hex() == HS["swarm_k_i2r"] and a.keys.r2i.hex() == HS["swarm_k_r2i"]
 
 
 def test_params_vector() -> None:
