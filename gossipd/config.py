@@ -48,6 +48,7 @@ class AveragingConfig:
     interval_s: float = 0.5
     timeout_s: float = 10.0
     weight: float = 0.5
+    replay_window_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "averaging.interval_s": (lambda v: 0.01 <= v <= 86400, "seconds in [0.01, 86400]"),
     "averaging.timeout_s": (lambda v: 0.1 <= v <= 600, "seconds in [0.1, 600]"),
     "averaging.weight": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "averaging.replay_window_s": (lambda v: 1 <= v <= 86400, "seconds in [1, 86400]"),
     "train.task": (lambda v: v in TASKS, "one of " + ", ".join(TASKS)),
     "train.partition": (_parses, "\"iid\" or \"dirichlet:ALPHA\""),
     "train.num_shards": (lambda v: 1 <= v <= 100_000, "an integer >= 1"),

@@ -37,6 +37,7 @@ from gossipd.peers import PeerTable
 from gossipd.runner import ModelRunner
 from protocol.errors import ProtocolError
 from protocol.messages import AVG_PROTOCOL_ID, PEERS_PROTOCOL_ID
+from protocol.replay import ReplayCheck
 
 log = logging.getLogger("gossipd.node")
 
@@ -62,6 +63,7 @@ class Node:
         seed: bytes,
         rng: random.Random | None = None,
         membership: Membership | None = None,
+        replay: ReplayCheck | None = None,
     ) -> None:
         self.config = config
         self.membership = membership or Membership(open=True, members=frozenset())
@@ -79,6 +81,8 @@ class Node:
             num_params=runner.trainer.num_params,
             snapshot=runner.snapshot,
             apply_remote=runner.apply_remote,
+            swarm_key=self.membership.swarm_key,
+            replay=replay,
         )
         self.started_at = trio.current_time()
 
@@ -101,7 +105,9 @@ class Node:
         ), served=True)
 
     async def _on_peers_stream(self, stream: Stream) -> None:
-        if not self._admit(stream):
+        # In a secret-only swarm, IDs prove nothing: peer lists go only to peers that proved
+        # the secret in an averaging exchange (a newcomer averages with its bootstrap first).
+        if not self._admit(stream) or not self.membership.proven(stream.remote_peer):
             await stream.reset()
             return
         await discovery.serve(
@@ -132,6 +138,7 @@ class Node:
                 self.stats.served_ok += 1
             else:
                 self.stats.ok += 1
+            self.membership.prove(peer_id)
             self.peers.record_exchange(peer_id, True, trio.current_time())
 
     # -- outbound --

@@ -17,8 +17,9 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import trio
@@ -26,6 +27,7 @@ import trio
 from gossipd.netapi import MessageStream, Stream, Transport, TransportError
 from protocol.errors import ProtocolError, UnexpectedMessage
 from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, Params, encode_message
+from protocol.replay import ReplayCheck
 from protocol.session import AveragingSession
 
 
@@ -37,9 +39,14 @@ class PeerRefused(Exception):
         self.code = code
 
 
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 @dataclass(frozen=True)
 class LocalModel:
-    """What an exchange needs from the node: identity, model spec, snapshot and mixing hooks."""
+    """What an exchange needs from the node: identity, model spec, snapshot and mixing hooks,
+    the swarm key (None in swarms without a secret) and the replay table of served Hellos."""
 
     peer_id_bytes: bytes
     seed: bytes
@@ -47,6 +54,9 @@ class LocalModel:
     num_params: int
     snapshot: Callable[[], tuple[np.ndarray, int]]
     apply_remote: Callable[[np.ndarray, int], None]
+    swarm_key: bytes | None = None
+    replay: ReplayCheck | None = None
+    wall_ms: Callable[[], int] = field(default=wall_clock_ms)
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,9 @@ def _new_session(
         num_params=model.num_params,
         step=step,
         exchange_id=None if hello is None else hello.exchange_id,
+        time_ms=model.wall_ms(),
+        swarm_key=model.swarm_key,
+        replay=model.replay,
     )
 
 

@@ -11,6 +11,7 @@ listening for peers and training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -74,6 +75,8 @@ def _build_trainer(cfg: config_mod.Config) -> object:
 async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership) -> None:
     from gossipd.control import bind_control_socket, remove_socket
     from gossipd.daemon import Node
+    from gossipd.exchange import wall_clock_ms
+    from gossipd.replaylog import FILE_NAME, ReplayLog
     from gossipd.runner import ModelRunner
     from gossipd.transport import open_transport
 
@@ -83,7 +86,11 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership) -> N
         cfg.train.steps_per_second, cfg.train.eval_interval_s, cfg.averaging.weight,
     )
     socket_path = cfg.node.socket_path
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    replay = ReplayLog(cfg.node.state_dir / FILE_NAME,
+                       int(cfg.averaging.replay_window_s * 1000), wall_clock_ms())
+    log.info("replay table: %d exchange id(s) restored from %s", replay.restored, replay.path)
+    signals_ctx = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+    with contextlib.closing(replay), signals_ctx as signals:
         async with open_transport(
             seed, cfg.network.listen, membership.allows, membership.refuse
         ) as transport:
@@ -94,7 +101,8 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership) -> N
             listener = await bind_control_socket(socket_path)
             try:
                 async with trio.open_nursery() as nursery:
-                    node = Node(cfg, transport, runner, seed, membership=membership)
+                    node = Node(cfg, transport, runner, seed, membership=membership,
+                                replay=replay)
                     await nursery.start(node.run, listener)
                     log.info("control socket %s; node ready", socket_path)
                     async for signum in signals:

@@ -21,6 +21,7 @@ from pathlib import Path
 from protocol.handshake import MIN_SWARM_SECRET_LEN, swarm_key_from_secret
 
 MIN_SECRET_BYTES = MIN_SWARM_SECRET_LEN
+MAX_PROVEN = 100_000  # bound on remembered proven peers (beyond it, newcomers wait)
 
 
 class MembershipError(Exception):
@@ -35,12 +36,29 @@ class Membership:
     self_id: str = ""
     refused: int = 0
     refused_peers: dict[str, int] = field(default_factory=dict)
+    proven_peers: set[str] = field(default_factory=set)
 
     def allows(self, peer_id: str) -> bool:
         if self.open or peer_id == self.self_id or peer_id in self.members:
             return True
         # Secret-only swarms cannot tell members by ID: the exchange handshake checks the key.
         return not self.members and self.swarm_key is not None
+
+    @property
+    def secret_only(self) -> bool:
+        return not self.open and not self.members and self.swarm_key is not None
+
+    def proven(self, peer_id: str) -> bool:
+        """May this peer see our peer list? In a secret-only swarm only once it has completed
+        an exchange (which proves the secret); otherwise an allowed peer may."""
+        if not self.secret_only:
+            return self.allows(peer_id)
+        return peer_id == self.self_id or peer_id in self.proven_peers
+
+    def prove(self, peer_id: str) -> None:
+        """A completed averaging exchange proved the peer holds the swarm secret."""
+        if len(self.proven_peers) < MAX_PROVEN:
+            self.proven_peers.add(peer_id)
 
     def refuse(self, peer_id: str) -> None:
         """Count a refused non-member (bounded: at most 1024 distinct IDs are remembered)."""

@@ -19,16 +19,23 @@ from __future__ import annotations
 
 import heapq
 import struct
+from typing import Protocol
 
 from .errors import ReplayDetected
 from .messages import EXCHANGE_ID_LEN
 
-__all__ = ["DEFAULT_CAPACITY", "DEFAULT_WINDOW_MS", "RECORD_LEN", "ReplayGuard"]
+__all__ = ["DEFAULT_CAPACITY", "DEFAULT_WINDOW_MS", "RECORD_LEN", "ReplayCheck", "ReplayGuard"]
 
 DEFAULT_WINDOW_MS = 300_000  # five minutes: generous for NTP-synchronised clocks
 DEFAULT_CAPACITY = 100_000  # ~5 MB at most; a busy node does a few exchanges a second
 _RECORD = struct.Struct(">Q16s")  # u64 time_ms || exchange_id[16]
 RECORD_LEN = _RECORD.size
+
+
+class ReplayCheck(Protocol):
+    """What a responder session needs: ReplayGuard, or a wrapper that also persists."""
+
+    def check(self, exchange_id: bytes, time_ms: int, now_ms: int) -> None: ...
 
 
 class ReplayGuard:

@@ -74,7 +74,7 @@ from .messages import (
     encode_message,
     to_wire,
 )
-from .replay import ReplayGuard
+from .replay import ReplayCheck
 from .tensors import decode_params, encode_params, params_plaintext_bound
 
 __all__ = ["AveragingSession", "error_frame"]
@@ -105,7 +105,7 @@ class AveragingSession:
         chunk_size: int = MAX_CHUNK_PLAINTEXT,
         time_ms: int = 0,
         swarm_key: bytes | None = None,
-        replay: ReplayGuard | None = None,
+        replay: ReplayCheck | None = None,
     ) -> None:
         """``time_ms`` is the local wall clock (ms since the epoch) at the start of this
         exchange: it goes into our Hello and, for a responder with a ``replay`` guard, is

@@ -12,7 +12,11 @@ import trio.testing
 
 from gossipd.config import AveragingConfig, Config, NetworkConfig, TrainConfig
 from gossipd.daemon import Node
+from gossipd.membership import Membership
+from gossipd.netapi import TransportError
 from gossipd.runner import ModelRunner
+from protocol.errors import ProtocolError
+from protocol.replay import ReplayGuard
 from tests.fakes import MemoryNetwork, MemoryTransport
 
 
@@ -46,7 +50,8 @@ class FakeTrainer:
 
 
 def make_node(net: MemoryNetwork, name: str, value: float, *, bootstrap: tuple[str, ...] = (),
-              enabled: bool = True, spec: str = "fake/6", timeout: float = 2.0) -> Node:
+              enabled: bool = True, spec: str = "fake/6", timeout: float = 2.0,
+              swarm_key: bytes | None = None, replay: ReplayGuard | None = None) -> Node:
     transport: MemoryTransport = net.transport(name)
     cfg = Config(
         network=NetworkConfig(listen=("/memory",), bootstrap=bootstrap, dial_timeout_s=1.0,
@@ -55,7 +60,10 @@ def make_node(net: MemoryNetwork, name: str, value: float, *, bootstrap: tuple[s
         train=TrainConfig(steps_per_second=40, eval_interval_s=1.0),
     )
     runner = ModelRunner(FakeTrainer(value, spec=spec), 40, 1.0, 0.5)  # type: ignore[arg-type]
-    return Node(cfg, transport, runner, transport.seed, random.Random(name))
+    membership = None if swarm_key is None else Membership(
+        open=False, members=frozenset(), swarm_key=swarm_key, self_id=transport.peer_id)
+    return Node(cfg, transport, runner, transport.seed, random.Random(name),
+                membership=membership, replay=replay)
 
 
 async def start(nursery: trio.Nursery, *nodes: Node) -> None:
@@ -211,3 +219,47 @@ async def test_remote_params_arriving_mid_chunk_are_not_lost(busy: bool) -> None
         assert len(runner._pending) == 1
     else:
         np.testing.assert_allclose(runner.snapshot()[0], 0.5)
+
+
+async def test_secret_only_swarm_averages_members_and_strikes_outsiders() -> None:
+    net = MemoryNetwork()
+    key = b"\x42" * 32
+    a, b = make_node(net, "a", 0.0, swarm_key=key), make_node(net, "b", 1.0, swarm_key=key)
+    x = make_node(net, "x", 9.0, swarm_key=b"\x43" * 32)
+    await one_exchange(net, a, b)
+    np.testing.assert_allclose(params(a), 0.5)
+    assert b.membership.proven(a.transport.peer_id)
+    await one_exchange(net, x, a)
+    assert x.stats.failed == 1 and a.stats.served_failed == 1
+    assert "swarm" in (x.stats.last_error or "")
+    entry = a.peers.get(x.transport.peer_id)
+    assert entry is not None and entry.strikes == 1
+    np.testing.assert_allclose(params(a), 0.5)  # nothing mixed in from the outsider
+    assert not a.membership.proven(x.transport.peer_id)
+
+
+async def test_secret_only_swarm_hides_the_peer_list_from_unproven_peers() -> None:
+    from gossipd import discovery
+
+    net = MemoryNetwork()
+    key = b"\x42" * 32
+    a, x = make_node(net, "a", 0.0, swarm_key=key), make_node(net, "x", 9.0, swarm_key=key)
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        await start(nursery, a, x)
+        x.peers.add(a.transport.peer_id, ["/memory"], trio.current_time())
+        with pytest.raises((TransportError, ProtocolError)):  # the stream is reset
+            await discovery.ask(x.transport, a.transport.peer_id, x.peers, trio.current_time,
+                                1.0)
+        await x._average_once(a.transport.peer_id)  # proves the secret
+        await discovery.ask(x.transport, a.transport.peer_id, x.peers, trio.current_time, 1.0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_responder_records_served_hellos_in_its_replay_table() -> None:
+    net = MemoryNetwork()
+    guard = ReplayGuard()
+    a, b = make_node(net, "a", 0.0), make_node(net, "b", 1.0, replay=guard)
+    await one_exchange(net, a, b)
+    await one_exchange(net, a, b)
+    assert len(guard) == 2 and b.stats.served_ok == 2
