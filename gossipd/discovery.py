@@ -7,6 +7,7 @@ after a couple of rounds.
 
 Rules:
 - Every request has a deadline; a failed ask backs the peer off in the table and is not an error.
+  Malformed input (a ProtocolError) is also a strike against the peer that sent it.
 - Records from others are validated (peer ID shape, /p2p/ suffix matches) and capped before
   entering the table; a malformed record is dropped, not trusted.
 - The requester's identity is the stream's authenticated peer ID, never a claim in the payload.
@@ -89,6 +90,8 @@ async def serve(
             stats.served += 1
     except (ProtocolError, TransportError, trio.TooSlowError) as exc:
         stats.rejected += 1
+        if isinstance(exc, ProtocolError):
+            table.strike(stream.remote_peer)
         log.debug("peer exchange from %s failed: %s", stream.remote_peer, exc)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -153,6 +156,8 @@ async def discovery_round(
         except (ProtocolError, TransportError, trio.TooSlowError) as exc:
             stats.asks_failed += 1
             table.record_failure(peer_id, clock())
+            if isinstance(exc, ProtocolError):
+                table.strike(peer_id)
             log.debug("peer exchange with %s failed: %s", peer_id, exc)
         else:
             stats.asks_ok += 1
