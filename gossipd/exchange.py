@@ -1,9 +1,9 @@
 """One push-pull averaging exchange over a stream, both roles.
 
-Wire flow (protocol/SPEC.md): initiator -> Hello, responder -> Hello, then both send their
-encrypted Params concurrently and read the other's. Sending and reading at the same time matters:
-yamux resets a sender whose peer stops reading for 5 s, so write-all-then-read deadlocks on large
-models.
+Wire flow (protocol/PROTOCOL.md): initiator -> Hello, responder -> Hello, then both stream their
+encrypted parameters (ParamsStart + chunks) concurrently and read the other's. Sending and reading
+at the same time matters: yamux resets a sender whose peer stops reading for 5 s, so
+write-all-then-read deadlocks on large models.
 
 Rules:
 - The whole exchange runs under one deadline (averaging.timeout_s): a frozen peer costs at most
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,7 @@ import trio
 
 from gossipd.netapi import MessageStream, Stream, Transport, TransportError
 from protocol.errors import ProtocolError, UnexpectedMessage
-from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, Params, encode_message
+from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, encode_message
 from protocol.replay import ReplayCheck
 from protocol.session import AveragingSession
 
@@ -86,9 +86,12 @@ def _expect(msg: Message, kind: type) -> None:
         raise UnexpectedMessage(f"expected {kind.__name__}, got {type(msg).__name__}")
 
 
-async def _swap_params(ms: MessageStream, frame: bytes) -> Params:
-    """Send our Params while reading theirs; the first failure cancels the other half."""
-    received: list[Message] = []
+async def _swap_params(
+    ms: MessageStream, session: AveragingSession, frames: Iterator[bytes]
+) -> tuple[np.ndarray, int]:
+    """Stream our parameters out while theirs stream in; the first failure cancels the other
+    half. Chunks are sealed as they are sent and opened as they arrive."""
+    received: list[tuple[np.ndarray, int]] = []
     errors: list[Exception] = []
 
     async with trio.open_nursery() as nursery:
@@ -98,24 +101,29 @@ async def _swap_params(ms: MessageStream, frame: bytes) -> Params:
             # than an ExceptionGroup from this nursery.
             try:
                 await half()
-            except (TransportError, ProtocolError) as exc:
+            except (TransportError, ProtocolError, PeerRefused) as exc:
                 errors.append(exc)
                 nursery.cancel_scope.cancel()
 
         async def read() -> None:
-            received.append(await ms.receive())
+            while True:
+                msg = await ms.receive()
+                if isinstance(msg, ErrorMsg):
+                    raise PeerRefused(msg.code, msg.message)
+                result = session.receive(msg)
+                if result is not None:
+                    received.append(result)
+                    return
 
         async def send() -> None:
-            await ms.send(frame)
+            for frame in frames:
+                await ms.send(frame)
 
         nursery.start_soon(guarded, send)
         nursery.start_soon(guarded, read)
     if errors:
         raise errors[0]
-    msg = received[0]
-    _expect(msg, Params)
-    assert isinstance(msg, Params)
-    return msg
+    return received[0]
 
 
 async def _send_error(ms: MessageStream, exc: ProtocolError) -> None:
@@ -146,8 +154,7 @@ async def _finish(
     ms: MessageStream, session: AveragingSession, model: LocalModel, flat: np.ndarray, step: int
 ) -> ExchangeOutcome:
     """Both roles, once keys exist: swap encrypted parameters, then mix theirs into ours."""
-    params = await _swap_params(ms, session.params_frame(flat, step))
-    remote, remote_step = session.receive_params(params)
+    remote, remote_step = await _swap_params(ms, session, session.params_frames(flat, step))
     model.apply_remote(remote, remote_step)
     return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received)
 

@@ -1,6 +1,6 @@
 """gossipd wire protocol, sans-io: pure functions and small state machines.
 
-No trio, no libp2p, no sockets here; see SPEC.md for the normative description.
+No trio, no libp2p, no sockets here; see PROTOCOL.md for the normative description.
 """
 
 from .crypto import (
@@ -32,7 +32,8 @@ from .messages import (
     ErrorMsg,
     Hello,
     Message,
-    Params,
+    ParamsChunk,
+    ParamsStart,
     PeerRecord,
     PeersRequest,
     PeersResponse,
@@ -58,7 +59,8 @@ __all__ = [
     "IntegrityError",
     "LimitExceeded",
     "Message",
-    "Params",
+    "ParamsChunk",
+    "ParamsStart",
     "PeerRecord",
     "PeersRequest",
     "PeersResponse",

@@ -6,7 +6,7 @@ Wire format of one frame::
     | length: u32 big-end. | body: msgpack map with str keys     |
     +----------------------+-------------------------------------+
 
-Rules (see SPEC.md, "Framing"):
+Rules (see PROTOCOL.md, "Framing"):
   * ``length`` counts body bytes only, must be >= 1 and <= the receiver's limit.
     A too-large header raises FrameTooLarge immediately, before buffering the body.
   * The body must decode to exactly one msgpack map whose keys are all ``str``;
@@ -39,7 +39,8 @@ __all__ = [
     "safe_unpackb",
 ]
 
-DEFAULT_MAX_FRAME: int = 16 * 1024 * 1024
+# The largest message is one ParamsChunk: 1 MiB of plaintext, 17 bytes of tag, ~20 of framing.
+DEFAULT_MAX_FRAME: int = (1 << 20) + 1024
 HEADER_SIZE = 4
 # Largest value the u32 header can express.
 _U32_MAX = 0xFFFFFFFF

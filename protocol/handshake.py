@@ -1,6 +1,6 @@
 """Byte layouts of the averaging handshake: signed transcripts and the KDF.
 
-Pure functions, so SPEC.md, the test vectors and AveragingSession share one
+Pure functions, so PROTOCOL.md, the test vectors and AveragingSession share one
 definition. Notation: u16/u32/u64 are big-endian unsigned ints, ``lp(x)`` is
 ``u16(len(x)) || x`` (length-prefixed, so no two field sequences can encode to the
 same bytes), strings are UTF-8.

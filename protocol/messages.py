@@ -1,7 +1,7 @@
 """Protocol messages: frozen dataclasses <-> validated wire maps.
 
 Every wire map carries ``"t"`` (the message type) plus the fields listed in
-SPEC.md. Validation rules (applied by ``from_wire`` and, on the sending side, by
+PROTOCOL.md. Validation rules (applied by ``from_wire`` and, on the sending side, by
 ``to_wire`` so we never emit something a conforming peer would reject):
   * a missing field, a wrong type or a wrong fixed length -> DecodeError;
   * a count or length over the caps below -> LimitExceeded;
@@ -29,7 +29,8 @@ __all__ = [
     "ErrorMsg",
     "Hello",
     "Message",
-    "Params",
+    "ParamsChunk",
+    "ParamsStart",
     "PeerRecord",
     "PeersRequest",
     "PeersResponse",
@@ -51,12 +52,13 @@ SECRETSTREAM_HEADER_LEN = 24
 SECRETSTREAM_ABYTES = 17
 # Caps. Changing a cap is a protocol change: peers reject anything above theirs.
 MAX_SPEC_LEN = 256  # chars
-MAX_NUM_PARAMS = 1 << 32
+MAX_NUM_PARAMS = 1 << 30  # 4 GiB of float32 on the wire
 MAX_STEP = (1 << 63) - 1
 MAX_TIME_MS = (1 << 63) - 1
 MAX_VERSION = 0xFFFFFFFF
 MAX_CHUNK_PLAINTEXT = 1 << 20  # bytes of plaintext per secretstream chunk
-MAX_CHUNKS = 4096
+MAX_CHUNKS = 8192
+MAX_PARAMS_PLAINTEXT = MAX_CHUNKS * MAX_CHUNK_PLAINTEXT  # 8 GiB, above 4 * MAX_NUM_PARAMS
 MAX_ERROR_CODE_LEN = 64
 MAX_ERROR_MESSAGE_LEN = 512
 MAX_PEER_ID_LEN = 128  # chars of the base58/CID text form
@@ -84,12 +86,20 @@ class Hello:
 
 
 @dataclass(frozen=True)
-class Params:
-    header: bytes
-    chunks: Sequence[bytes]
+class ParamsStart:
+    """Opens the sender's encrypted parameters: the secretstream header, the plaintext size
+    and how many ParamsChunk frames follow."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "chunks", _tuple(self.chunks))
+    header: bytes
+    size: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class ParamsChunk:
+    """One sealed secretstream chunk (at most 1 MiB of plaintext + 17 bytes)."""
+
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -128,11 +138,12 @@ class PeersResponse:
         object.__setattr__(self, "peers", _tuple(self.peers))
 
 
-Message = Hello | Params | ErrorMsg | PeersRequest | PeersResponse
+Message = Hello | ParamsStart | ParamsChunk | ErrorMsg | PeersRequest | PeersResponse
 
 # Wire type tags.
 T_HELLO = "hello"
 T_PARAMS = "params"
+T_CHUNK = "chunk"
 T_ERROR = "error"
 T_PEERS_REQUEST = "peers_req"
 T_PEERS_RESPONSE = "peers_resp"
@@ -159,8 +170,10 @@ def _to_wire_unchecked(msg: Message) -> dict[str, Any]:
             "time_ms": msg.time_ms,
             "swarm_tag": msg.swarm_tag,
         }
-    if isinstance(msg, Params):
-        return {"t": T_PARAMS, "header": msg.header, "chunks": list(msg.chunks)}
+    if isinstance(msg, ParamsStart):
+        return {"t": T_PARAMS, "header": msg.header, "size": msg.size, "chunks": msg.chunks}
+    if isinstance(msg, ParamsChunk):
+        return {"t": T_CHUNK, "data": msg.data}
     if isinstance(msg, ErrorMsg):
         return {"t": T_ERROR, "code": msg.code, "message": msg.message}
     if isinstance(msg, PeersRequest):
@@ -256,17 +269,21 @@ def _swarm_tag(body: dict[str, Any]) -> bytes:
     return value
 
 
-def _params(body: dict[str, Any]) -> Params:
-    header = _bytes_exact(body, "header", SECRETSTREAM_HEADER_LEN)
-    chunks = _list_value(_field(body, "chunks"), "chunks", MAX_CHUNKS)
-    if not chunks:
-        raise DecodeError("chunks must not be empty (the FINAL chunk is mandatory)")
-    for chunk in chunks:
-        if not isinstance(chunk, bytes) or len(chunk) < SECRETSTREAM_ABYTES:
-            raise DecodeError("each chunk must be bytes of at least 17 (ABYTES)")
-        if len(chunk) > MAX_CHUNK_PLAINTEXT + SECRETSTREAM_ABYTES:
-            raise LimitExceeded("chunk larger than the 1 MiB plaintext cap")
-    return Params(header=header, chunks=tuple(chunks))
+def _params_start(body: dict[str, Any]) -> ParamsStart:
+    return ParamsStart(
+        header=_bytes_exact(body, "header", SECRETSTREAM_HEADER_LEN),
+        size=_int(body, "size", 1, MAX_PARAMS_PLAINTEXT),
+        chunks=_int(body, "chunks", 1, MAX_CHUNKS),
+    )
+
+
+def _params_chunk(body: dict[str, Any]) -> ParamsChunk:
+    data = _field(body, "data")
+    if not isinstance(data, bytes) or len(data) < SECRETSTREAM_ABYTES:
+        raise DecodeError("chunk data must be bytes of at least 17 (ABYTES)")
+    if len(data) > MAX_CHUNK_PLAINTEXT + SECRETSTREAM_ABYTES:
+        raise LimitExceeded("chunk larger than the 1 MiB plaintext cap")
+    return ParamsChunk(data=data)
 
 
 def _error(body: dict[str, Any]) -> ErrorMsg:
@@ -292,7 +309,9 @@ def from_wire(body: dict[str, Any]) -> Message:
     if kind == T_HELLO:
         return _hello(body)
     if kind == T_PARAMS:
-        return _params(body)
+        return _params_start(body)
+    if kind == T_CHUNK:
+        return _params_chunk(body)
     if kind == T_ERROR:
         return _error(body)
     if kind == T_PEERS_REQUEST:

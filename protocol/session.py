@@ -2,16 +2,18 @@
 
 Wire flow on an ``AVG_PROTOCOL_ID`` stream::
 
-    initiator                         responder
-      Hello  ------------------------>  receive_hello()
-      receive_hello()  <-------------  Hello
-      Params ----------------------->   (both directions concurrently)
-             <-----------------------  Params
+    initiator                             responder
+      Hello  ---------------------------->  receive_hello()
+      receive_hello()  <-----------------  Hello
+      ParamsStart, ParamsChunk x k  ---->   (both directions concurrently)
+                     <-----------------  ParamsStart, ParamsChunk x k
 Either side may send ErrorMsg instead of its next message and close.
 
-The session never touches a socket: ``hello()``/``params_frame()`` return bytes
+The session never touches a socket: ``hello()``/``params_frames()`` return bytes
 to write, ``receive_*()`` take messages the caller decoded with FrameDecoder +
-from_wire. State rules:
+from_wire. Parameters stream: the sender seals one chunk per frame as it goes, the
+receiver opens each chunk as it arrives into one buffer of the announced size.
+State rules:
   * each message is sent and received at most once, in the order above; anything
     else raises UnexpectedMessage (also for local misuse of the API);
   * after any ProtocolError from a ``receive_*`` call the session is failed and
@@ -22,24 +24,28 @@ from_wire. State rules:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .crypto import (
+    Opener,
+    Sealer,
+    chunk_count,
     ed25519_public_key_from_peer_id,
     ephemeral_from_private,
     new_ephemeral,
-    open_sealed,
     public_key_from_seed,
-    seal,
     sign,
     verify,
     x25519_shared,
 )
 from .errors import (
     AuthenticationError,
+    DecodeError,
+    IntegrityError,
     LimitExceeded,
     ProtocolError,
     RemoteError,
@@ -62,20 +68,23 @@ from .handshake import (
 from .messages import (
     EXCHANGE_ID_LEN,
     MAX_CHUNK_PLAINTEXT,
+    MAX_CHUNKS,
     MAX_NUM_PARAMS,
     MAX_SPEC_LEN,
     MAX_STEP,
     MAX_TIME_MS,
     PROTOCOL_VERSION,
+    SECRETSTREAM_ABYTES,
     ErrorMsg,
     Hello,
     Message,
-    Params,
+    ParamsChunk,
+    ParamsStart,
     encode_message,
     to_wire,
 )
 from .replay import ReplayCheck
-from .tensors import decode_params, encode_params, params_plaintext_bound
+from .tensors import CHUNK_FRAME_OVERHEAD, decode_params, encode_params, params_plaintext_bound
 
 __all__ = ["AveragingSession", "error_frame"]
 
@@ -163,6 +172,7 @@ class AveragingSession:
         self._hello_received = False
         self._params_sent = False
         self._params_received = False
+        self._inbound: _Inbound | None = None
         self._failed: ProtocolError | None = None
 
     # ------------------------------------------------------------ properties
@@ -328,48 +338,123 @@ class AveragingSession:
             raise UnexpectedMessage("Params before both Hellos were exchanged")
         return self._keys
 
-    def params_frame(self, flat: npt.NDArray[Any], step: int) -> bytes:
-        """Framed Params carrying our encrypted parameters."""
+    def params_frames(self, flat: npt.NDArray[Any], step: int) -> Iterator[bytes]:
+        """Framed ParamsStart, then one framed ParamsChunk per chunk, encrypted lazily as the
+        caller pulls them, so a sender holds one sealed chunk at a time. Arguments, state and
+        frame sizes are checked before the first frame is returned."""
         self._check_alive()
         keys = self._require_keys()
         if self._params_sent:
             raise UnexpectedMessage("Params already sent")
         if np.asarray(flat).size != self._num_params:
             raise ValueError(f"expected {self._num_params} parameters")
-        header, chunks = seal(self._send_key(keys), encode_params(flat, step), self._chunk_size)
-        frame = encode_message(Params(header=header, chunks=chunks))
-        if len(frame) - 4 > self._max_frame:
-            raise LimitExceeded(f"Params frame of {len(frame)} bytes exceeds max_frame")
+        plaintext = encode_params(flat, step)
+        count = chunk_count(len(plaintext), self._chunk_size)
+        if count > MAX_CHUNKS:
+            raise LimitExceeded(f"plaintext needs {count} chunks, cap is {MAX_CHUNKS}")
+        largest = min(len(plaintext), self._chunk_size) + SECRETSTREAM_ABYTES + CHUNK_FRAME_OVERHEAD
+        if largest > self._max_frame:
+            raise LimitExceeded(f"a chunk frame of {largest} bytes exceeds max_frame")
         self._params_sent = True
-        return frame
+        sealer = Sealer(self._send_key(keys))
+        start = encode_message(ParamsStart(header=sealer.header, size=len(plaintext),
+                                           chunks=count))
+        return self._chunk_frames(start, sealer, memoryview(plaintext), count)
 
-    def receive_params(self, msg: Params) -> tuple[npt.NDArray[np.float32], int]:
-        """Decrypt and decode the peer's Params -> (flat float32, remote step)."""
+    def _chunk_frames(self, start: bytes, sealer: Sealer, plaintext: memoryview, count: int
+                      ) -> Iterator[bytes]:
+        yield start
+        size = self._chunk_size
+        for i in range(count):
+            piece = bytes(plaintext[i * size : (i + 1) * size])
+            yield encode_message(ParamsChunk(data=sealer.push(piece, i == count - 1)))
+
+    def params_frame(self, flat: npt.NDArray[Any], step: int) -> bytes:
+        """All of ``params_frames`` as one bytes object (small models, tests)."""
+        return b"".join(self.params_frames(flat, step))
+
+    def receive_params_start(self, msg: ParamsStart) -> None:
         self._check_alive()
         try:
-            if not isinstance(msg, Params):
-                raise UnexpectedMessage(f"expected Params, got {type(msg).__name__}")
-            to_wire(msg)  # field validation, for Params built by hand rather than from_wire
+            if not isinstance(msg, ParamsStart):
+                raise UnexpectedMessage(f"expected ParamsStart, got {type(msg).__name__}")
+            to_wire(msg)  # field validation, for messages built by hand rather than from_wire
             keys = self._require_keys()
-            if self._params_received:
-                raise UnexpectedMessage("Params already received")
+            if self._inbound is not None or self._params_received:
+                raise UnexpectedMessage("ParamsStart already received")
             bound = params_plaintext_bound(self._num_params)
-            blob = open_sealed(self._recv_key(keys), msg.header, msg.chunks, bound)
+            if msg.size > bound:
+                raise LimitExceeded(f"peer announces {msg.size} bytes of parameters, at most "
+                                    f"{bound} fit {self._num_params} parameters")
+            # Every chunk carries at least one byte and at most MAX_CHUNK_PLAINTEXT.
+            if not chunk_count(msg.size, MAX_CHUNK_PLAINTEXT) <= msg.chunks <= msg.size:
+                raise DecodeError(f"{msg.chunks} chunks cannot carry {msg.size} bytes")
+            self._inbound = _Inbound(Opener(self._recv_key(keys), msg.header), msg.size,
+                                     msg.chunks)
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+
+    def receive_chunk(self, msg: ParamsChunk) -> tuple[npt.NDArray[np.float32], int] | None:
+        """Decrypt one chunk; after the last one, decode -> (flat float32, remote step)."""
+        self._check_alive()
+        try:
+            if not isinstance(msg, ParamsChunk):
+                raise UnexpectedMessage(f"expected ParamsChunk, got {type(msg).__name__}")
+            to_wire(msg)
+            inbound = self._inbound
+            if inbound is None:
+                raise UnexpectedMessage("ParamsChunk before ParamsStart"
+                                        if not self._params_received else "extra ParamsChunk")
+            blob = inbound.add(msg.data)
+            if blob is None:
+                return None
             flat, step = decode_params(blob, self._num_params)
         except ProtocolError as exc:
             raise self._fail(exc) from None
+        self._inbound = None
         self._params_received = True
         return flat, step
 
     def receive(self, msg: Message) -> tuple[npt.NDArray[np.float32], int] | None:
-        """Dispatch any decoded message: Hello -> None, Params -> (flat, step),
-        ErrorMsg -> RemoteError; anything else is UnexpectedMessage."""
+        """Dispatch any decoded message: Hello/ParamsStart/non-final chunk -> None, the final
+        ParamsChunk -> (flat, step), ErrorMsg -> RemoteError; anything else is
+        UnexpectedMessage."""
         self._check_alive()
         if isinstance(msg, Hello):
             self.receive_hello(msg)
             return None
-        if isinstance(msg, Params):
-            return self.receive_params(msg)
+        if isinstance(msg, ParamsStart):
+            self.receive_params_start(msg)
+            return None
+        if isinstance(msg, ParamsChunk):
+            return self.receive_chunk(msg)
         if isinstance(msg, ErrorMsg):
             raise self._fail(RemoteError(msg.code, msg.message))
         raise self._fail(UnexpectedMessage(f"{type(msg).__name__} on an averaging stream"))
+
+
+class _Inbound:
+    """The peer's parameters while they arrive: one opener and one buffer of the announced
+    size (bounded by the caller), filled chunk by chunk."""
+
+    def __init__(self, opener: Opener, size: int, chunks: int) -> None:
+        self._opener = opener
+        self._buf = bytearray(size)
+        self._filled = 0
+        self._left = chunks
+
+    def add(self, sealed: bytes) -> bytes | None:
+        n = len(sealed) - SECRETSTREAM_ABYTES
+        room = len(self._buf) - self._filled
+        if n < 1 or n > room:
+            raise DecodeError(f"chunk of {n} bytes where {room} remain of the announced size")
+        self._left -= 1
+        last = self._left == 0
+        piece = self._opener.pull(sealed, last)
+        self._buf[self._filled : self._filled + n] = piece
+        self._filled += n
+        if not last:
+            return None
+        if self._filled != len(self._buf):
+            raise IntegrityError("stream ended short of the announced size")
+        return bytes(self._buf)

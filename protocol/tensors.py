@@ -27,6 +27,8 @@ from .framing import safe_unpackb
 from .messages import MAX_CHUNK_PLAINTEXT, MAX_NUM_PARAMS, MAX_STEP, SECRETSTREAM_ABYTES
 
 __all__ = [
+    "CHUNK_FRAME_OVERHEAD",
+    "START_FRAME_BOUND",
     "WIRE_DTYPE",
     "decode_params",
     "encode_params",
@@ -38,6 +40,10 @@ WIRE_DTYPE = "<f4"
 # Upper bound on everything in the encoding except the data bytes: fixmap header,
 # four keys, the dtype string, two uint64s and a bin32 header. 64 is generous.
 _OVERHEAD_BOUND = 64
+# Framing around one sealed chunk: u32 length (4), fixmap (1), "t" (2), "chunk" (6),
+# "data" (5), bin32 header (5).
+CHUNK_FRAME_OVERHEAD = 23
+START_FRAME_BOUND = 96
 
 
 def params_plaintext_bound(num_params: int) -> int:
@@ -46,16 +52,15 @@ def params_plaintext_bound(num_params: int) -> int:
 
 
 def params_frame_bound(num_params: int, chunk_size: int = MAX_CHUNK_PLAINTEXT) -> int:
-    """Largest framed Params (length header included) for ``num_params`` floats.
+    """Largest total of the framed ParamsStart and ParamsChunks for ``num_params`` floats.
 
-    A daemon must configure ``max_frame`` (on both ends) to at least this minus 4,
-    otherwise its peers refuse the frame: the default 16 MiB fits ~4.1M params.
-    Per chunk: bin32 header (5) + ABYTES (17); fixed part: u32 length, the map,
-    its keys, the type tag, the 24-byte secretstream header, an array32 header.
+    ParamsStart: u32 length, the map with its keys and type tag, the 24-byte header and two
+    ints (under START_FRAME_BOUND). Each ParamsChunk: u32 length, a 1-key map plus type tag,
+    a bin header and the sealed chunk (CHUNK_FRAME_OVERHEAD + ABYTES + plaintext bytes).
     """
     plaintext = params_plaintext_bound(num_params)
     chunks = max(1, -(-plaintext // chunk_size))
-    return 4 + 64 + plaintext + chunks * (5 + SECRETSTREAM_ABYTES)
+    return START_FRAME_BOUND + plaintext + chunks * (CHUNK_FRAME_OVERHEAD + SECRETSTREAM_ABYTES)
 
 
 def encode_params(flat: npt.NDArray[Any], step: int) -> bytes:

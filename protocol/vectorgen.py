@@ -4,7 +4,7 @@ Run ``python -m protocol.vectorgen`` to (re)write them. Everything is derived fr
 fixed seeds, ephemeral private keys and exchange ids, so regeneration reproduces
 the same bytes, with one exception: libsodium draws the secretstream header from
 its own CSPRNG and offers no way to inject it, so the sealed parts of
-``params.json`` (header, chunks, frame) are one recorded run. Implementations
+``params.json`` (header, chunks, frames) are one recorded run. Implementations
 check those by *opening* them, not by re-sealing. Bytes are lowercase hex.
 """
 
@@ -38,7 +38,8 @@ from .messages import (
     PROTOCOL_VERSION,
     ErrorMsg,
     Hello,
-    Params,
+    ParamsChunk,
+    ParamsStart,
     PeerRecord,
     PeersRequest,
     PeersResponse,
@@ -147,7 +148,8 @@ def build_handshake() -> dict[str, Any]:
 
 
 def build_params(handshake: dict[str, Any]) -> dict[str, Any]:
-    """The initiator's Params of the handshake vector, sealed with k_i2r."""
+    """The initiator's parameters in the handshake vector's exchange, sealed with k_i2r:
+    one ParamsStart frame and one ParamsChunk frame per chunk."""
     key = bytes.fromhex(handshake["k_i2r"])
     plaintext = encode_params(np.array(VALUES, dtype=np.float32), STEP_I)
     header, chunks = seal(key, plaintext, CHUNK_SIZE)
@@ -161,7 +163,10 @@ def build_params(handshake: dict[str, Any]) -> dict[str, Any]:
         "chunk_size": CHUNK_SIZE,
         "header": header.hex(),
         "chunks": [c.hex() for c in chunks],
-        "frame": encode_message(Params(header=header, chunks=chunks)).hex(),
+        "start_frame": encode_message(
+            ParamsStart(header=header, size=len(plaintext), chunks=len(chunks))
+        ).hex(),
+        "chunk_frames": [encode_message(ParamsChunk(data=c)).hex() for c in chunks],
     }
 
 
@@ -176,10 +181,10 @@ def build_messages() -> dict[str, Any]:
         num_params=3,
         step=0,
     )
-    params = Params(header=bytes([1]) * 24, chunks=[bytes([2]) * 17, bytes([3]) * 20])
     cases: list[tuple[str, Any]] = [
         ("hello", hello),
-        ("params", params),
+        ("params", ParamsStart(header=bytes([1]) * 24, size=40, chunks=3)),
+        ("chunk", ParamsChunk(data=bytes([2]) * 20)),
         ("error", ErrorMsg(code="spec", message="different model")),
         ("peers_req", PeersRequest(addrs=["/ip4/10.0.0.1/tcp/4001"])),
         (

@@ -149,9 +149,10 @@ async def test_tampered_params_are_rejected_with_a_strike() -> None:
     sent: list[int] = []
 
     def flip_late_byte(data: bytes) -> bytes:
-        # b answers with Hello, then Params: flip one ciphertext byte of the second frame.
+        # b answers with Hello, ParamsStart, then chunks: flip one ciphertext byte of the
+        # first chunk frame.
         sent.append(len(data))
-        if len(sent) == 2:
+        if len(sent) == 3:
             data = data[:-5] + bytes([data[-5] ^ 0x01]) + data[-4:]
         return data
 

@@ -128,7 +128,7 @@ def test_seal_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
         seal(KEY, b"x", chunk_size=(1 << 20) + 1)
     with pytest.raises(LimitExceeded):
-        seal(KEY, b"x" * 5000, chunk_size=1)
+        seal(KEY, b"x" * 9000, chunk_size=1)
 
 
 def _sealed() -> tuple[bytes, list[bytes], bytes]:

@@ -73,7 +73,7 @@ def test_frame_at_exact_limit_is_accepted() -> None:
 
 def test_default_limit() -> None:
     dec = FrameDecoder()
-    assert dec.max_frame == DEFAULT_MAX_FRAME == 16 * 1024 * 1024
+    assert dec.max_frame == DEFAULT_MAX_FRAME == (1 << 20) + 1024  # one 1 MiB chunk fits
     dec.feed(struct.pack(">I", DEFAULT_MAX_FRAME + 1))
     with pytest.raises(FrameTooLarge):
         dec.next_frame()

@@ -24,7 +24,8 @@ from protocol.messages import (
     ErrorMsg,
     Hello,
     Message,
-    Params,
+    ParamsChunk,
+    ParamsStart,
     PeerRecord,
     PeersRequest,
     PeersResponse,
@@ -42,10 +43,12 @@ HELLO = Hello(
     num_params=10,
     step=5,
 )
-PARAMS = Params(header=b"\x04" * 24, chunks=[b"\x05" * 17, b"\x06" * 40])
+PARAMS = ParamsStart(header=b"\x04" * 24, size=100, chunks=2)
+CHUNK = ParamsChunk(data=b"\x05" * 40)
 ALL: list[Message] = [
     HELLO,
     PARAMS,
+    CHUNK,
     ErrorMsg(code="spec", message="nope"),
     ErrorMsg(code="x", message=""),
     PeersRequest(addrs=["/ip4/1.2.3.4/tcp/1"]),
@@ -78,14 +81,13 @@ def test_round_trip_through_frames(msg: Message) -> None:
 
 
 def test_lists_and_tuples_compare_equal() -> None:
-    assert Params(header=b"h", chunks=[b"a"]) == Params(header=b"h", chunks=(b"a",))
     assert isinstance(PeersRequest(addrs=["a"]).addrs, tuple)
     assert hash(PeersResponse(peers=[PeerRecord("p", ["a"])])) is not None
 
 
 def test_type_tags() -> None:
     tags = [to_wire(m)["t"] for m in ALL]
-    assert tags[:3] == ["hello", "params", "error"]
+    assert tags[:4] == ["hello", "params", "chunk", "error"]
     assert to_wire(PeersRequest(addrs=[]))["t"] == "peers_req"
     assert to_wire(PeersResponse(peers=[]))["t"] == "peers_resp"
 
@@ -121,10 +123,13 @@ def test_error_message_is_capped_on_construction() -> None:
         wire(HELLO, version=True),
         wire(HELLO, version=-1),
         wire(PARAMS, header=b"\x00" * 23),
-        wire(PARAMS, chunks=[]),
-        wire(PARAMS, chunks=[b"\x00" * 16]),
-        wire(PARAMS, chunks=["x" * 20]),
-        wire(PARAMS, chunks=b"\x00" * 20),
+        wire(PARAMS, chunks=0),
+        wire(PARAMS, size=0),
+        wire(PARAMS, chunks=True),
+        wire(PARAMS, size="10"),
+        wire(CHUNK, data=b"\x00" * 16),
+        wire(CHUNK, data="x" * 20),
+        wire(CHUNK, data=[b"\x00" * 20]),
         {"t": "error", "code": "", "message": ""},
         {"t": "error", "code": "x", "message": None},
         {"t": "error", "code": "x"},
@@ -161,8 +166,9 @@ def test_non_map_body() -> None:
         wire(HELLO, spec="s" * (MAX_SPEC_LEN + 1)),
         wire(HELLO, num_params=(1 << 32) + 1),
         wire(HELLO, step=1 << 63),
-        wire(PARAMS, chunks=[b"\x00" * 17] * (MAX_CHUNKS + 1)),
-        wire(PARAMS, chunks=[b"\x00" * (MAX_CHUNK_PLAINTEXT + 18)]),
+        wire(PARAMS, chunks=MAX_CHUNKS + 1),
+        wire(PARAMS, size=MAX_CHUNKS * MAX_CHUNK_PLAINTEXT + 1),
+        wire(CHUNK, data=b"\x00" * (MAX_CHUNK_PLAINTEXT + 18)),
         {"t": "error", "code": "c" * (MAX_ERROR_CODE_LEN + 1), "message": ""},
         {"t": "error", "code": "c", "message": "m" * (MAX_ERROR_MESSAGE_LEN + 1)},
         {"t": "peers_req", "addrs": ["/a"] * (MAX_ADDRS + 1)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,15 @@ from protocol.errors import (
 )
 from protocol.framing import FrameDecoder
 from protocol.handshake import ROLE_INITIATOR, ROLE_RESPONDER, signed_transcript
-from protocol.messages import ErrorMsg, Hello, Message, Params, PeersRequest, from_wire
+from protocol.messages import (
+    ErrorMsg,
+    Hello,
+    Message,
+    ParamsChunk,
+    ParamsStart,
+    PeersRequest,
+    from_wire,
+)
 from protocol.replay import ReplayGuard
 from protocol.session import AveragingSession, error_frame
 from protocol.tensors import params_frame_bound
@@ -59,10 +68,46 @@ def hello_of(frame: bytes) -> Hello:
     return msg
 
 
-def params_of(frame: bytes) -> Params:
-    msg = decode(frame)
-    assert isinstance(msg, Params)
-    return msg
+@dataclasses.dataclass(frozen=True)
+class Sealed:
+    """A peer's sealed parameters as a whole: what ParamsStart + ParamsChunks carry."""
+
+    header: bytes
+    chunks: Sequence[bytes]
+
+
+def decode_all(frames: bytes) -> list[Message]:
+    dec = FrameDecoder()
+    dec.feed(frames)
+    out = []
+    while (body := dec.next_frame()) is not None:
+        out.append(from_wire(body))
+    assert dec.buffered == 0
+    return out
+
+
+def params_of(frames: bytes) -> Sealed:
+    start, *chunks = decode_all(frames)
+    assert isinstance(start, ParamsStart) and start.chunks == len(chunks)
+    assert all(isinstance(c, ParamsChunk) for c in chunks)
+    return Sealed(start.header, [c.data for c in chunks if isinstance(c, ParamsChunk)])
+
+
+def deliver(s: AveragingSession, sealed: Sealed) -> tuple[np.ndarray, int] | None:
+    """Feed ``sealed`` as the wire would carry it; the announced size and count are what the
+    chunks hold, so tampering shows up in the crypto, not in the bookkeeping."""
+    size = sum(len(c) - 17 for c in sealed.chunks)
+    s.receive_params_start(ParamsStart(sealed.header, size, len(sealed.chunks)))
+    result = None
+    for chunk in sealed.chunks:
+        result = s.receive_chunk(ParamsChunk(chunk))
+    return result
+
+
+def receive_params(s: AveragingSession, sealed: Sealed) -> tuple[np.ndarray, int]:
+    result = deliver(s, sealed)
+    assert result is not None
+    return result
 
 
 def handshake(a: AveragingSession, b: AveragingSession) -> None:
@@ -112,8 +157,8 @@ def test_full_round_trip(chunk_size: int) -> None:
     assert (a.remote_step, b.remote_step) == (20, 10)
     va, vb = vec(1), vec(2)
     fa, fb = a.params_frame(va, 11), b.params_frame(vb, 21)  # concurrent sends
-    got_a, step_a = a.receive_params(params_of(fb))
-    got_b, step_b = b.receive_params(params_of(fa))
+    got_a, step_a = receive_params(a, params_of(fb))
+    got_b, step_b = receive_params(b, params_of(fa))
     np.testing.assert_array_equal(got_a, vb)
     np.testing.assert_array_equal(got_b, va)
     assert (step_a, step_b) == (21, 11)
@@ -129,14 +174,56 @@ def test_params_frame_bound(n: int, chunk_size: int) -> None:
 
 
 def test_receive_dispatch() -> None:
-    a = session("a", "b", initiator=True)
+    a = session("a", "b", initiator=True, chunk_size=8)
     b = session("b", "a", initiator=False)
     assert b.receive(decode(a.hello())) is None
     assert a.receive(decode(b.hello())) is None
-    fa = a.params_frame(vec(1), 1)
-    result = b.receive(decode(fa))
-    assert result is not None
-    np.testing.assert_array_equal(result[0], vec(1))
+    results = [b.receive(m) for m in decode_all(a.params_frame(vec(1), 1))]
+    assert len(results) > 3 and all(r is None for r in results[:-1])
+    final = results[-1]
+    assert final is not None
+    np.testing.assert_array_equal(final[0], vec(1))
+
+
+def test_params_stream_lazily_one_chunk_per_frame() -> None:
+    a, _ = pair(chunk_size=8)
+    frames = a.params_frames(vec(1), 1)
+    first = next(frames)
+    start = decode(first)
+    assert isinstance(start, ParamsStart) and start.chunks > 3
+    rest = list(frames)
+    assert len(rest) == start.chunks
+    assert all(len(f) <= 4 + 19 + 17 + 8 for f in rest)
+
+
+def test_announced_sizes_are_checked_before_any_chunk() -> None:
+    _, b = pair()
+    with pytest.raises(LimitExceeded):
+        b.receive_params_start(ParamsStart(b"\x00" * 24, size=4 * N + 65, chunks=1))
+    for size, chunks in ((10, 11), (2 << 20, 1)):  # empty chunks; chunks over 1 MiB
+        _, b = pair(num_params=1 << 20)
+        with pytest.raises(DecodeError):
+            b.receive_params_start(ParamsStart(b"\x00" * 24, size=size, chunks=chunks))
+
+
+def test_chunk_larger_than_what_remains_is_refused() -> None:
+    a, b = pair(chunk_size=8)
+    sealed = params_of(a.params_frame(vec(1), 0))
+    b.receive_params_start(ParamsStart(sealed.header, 8, 2))
+    with pytest.raises(DecodeError, match="remain"):
+        b.receive_chunk(ParamsChunk(sealed.chunks[0] + b"\x00" * 8))
+
+
+def test_chunks_out_of_place() -> None:
+    a, b = pair(chunk_size=8)
+    sealed = params_of(a.params_frame(vec(1), 0))
+    with pytest.raises(UnexpectedMessage, match="before ParamsStart"):
+        b.receive_chunk(ParamsChunk(sealed.chunks[0]))
+    a, b = pair(chunk_size=8)
+    sealed = params_of(a.params_frame(vec(1), 0))
+    receive_params(b, sealed)
+    with pytest.raises(UnexpectedMessage, match="extra"):
+        b.receive_chunk(ParamsChunk(sealed.chunks[0]))
 
 
 def test_exchange_ids_are_random_and_injectable() -> None:
@@ -199,9 +286,9 @@ def test_responder_params_before_its_hello() -> None:
 def test_duplicate_messages_fail_the_session() -> None:
     a, b = pair()
     fa = a.params_frame(vec(1), 0)
-    b.receive_params(params_of(fa))
+    receive_params(b, params_of(fa))
     with pytest.raises(UnexpectedMessage):
-        b.receive_params(params_of(fa))
+        receive_params(b, params_of(fa))
     assert b.failed
     a2, b2 = session("a", "b", initiator=True), session("b", "a", initiator=False)
     h = hello_of(a2.hello())
@@ -214,10 +301,10 @@ def test_failed_session_refuses_everything() -> None:
     a, b = pair()
     fa = params_of(a.params_frame(vec(1), 0))
     with pytest.raises(IntegrityError):
-        b.receive_params(Params(header=fa.header, chunks=[b"\x00" * 40]))
+        receive_params(b, Sealed(header=fa.header, chunks=[b"\x00" * 40]))
     assert b.failed
     with pytest.raises(UnexpectedMessage):
-        b.receive_params(fa)  # the genuine one is refused now too
+        receive_params(b, fa)  # the genuine one is refused now too
     with pytest.raises(UnexpectedMessage):
         b.params_frame(vec(2), 0)
 
@@ -231,7 +318,7 @@ def test_wrong_message_types() -> None:
         a.receive(PeersRequest(addrs=[]))
     a, b = pair()
     with pytest.raises(UnexpectedMessage):
-        a.receive_params(ErrorMsg("x", "y"))  # type: ignore[arg-type]
+        a.receive_params_start(ErrorMsg("x", "y"))  # type: ignore[arg-type]
 
 
 def test_remote_error_message() -> None:
@@ -347,21 +434,21 @@ def test_replayed_initiator_hello_yields_no_usable_params() -> None:
     b.receive_hello(hello_of(recorded_hello))  # authentic, so accepted ...
     b.hello()
     with pytest.raises(IntegrityError):  # ... but b's fresh ephemeral changes the keys
-        b.receive_params(recorded_params)
+        receive_params(b, recorded_params)
 
 
 def test_params_reflected_back_to_sender() -> None:
     a, _ = pair()
     fa = params_of(a.params_frame(vec(1), 0))
     with pytest.raises(IntegrityError):
-        a.receive_params(fa)
+        receive_params(a, fa)
 
 
 def test_params_from_another_exchange() -> None:
     a1, _ = pair()
     _, b2 = pair()
     with pytest.raises(IntegrityError):
-        b2.receive_params(params_of(a1.params_frame(vec(1), 0)))
+        receive_params(b2, params_of(a1.params_frame(vec(1), 0)))
 
 
 def _flip(chunk: bytes, pos: int) -> bytes:
@@ -373,13 +460,13 @@ def _flip(chunk: bytes, pos: int) -> bytes:
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda p: Params(p.header, [p.chunks[0], _flip(p.chunks[1], 3), *p.chunks[2:]]),
-        lambda p: Params(p.header, [*p.chunks[:-1], _flip(p.chunks[-1], -1)]),
-        lambda p: Params(p.header, p.chunks[:-1]),  # truncated: FINAL missing
-        lambda p: Params(p.header, p.chunks[1:]),  # first chunk dropped
-        lambda p: Params(p.header, [p.chunks[1], p.chunks[0], *p.chunks[2:]]),  # reordered
-        lambda p: Params(p.header, [*p.chunks, p.chunks[-1]]),  # extra chunk
-        lambda p: Params(_flip(p.header, 0), p.chunks),
+        lambda p: Sealed(p.header, [p.chunks[0], _flip(p.chunks[1], 3), *p.chunks[2:]]),
+        lambda p: Sealed(p.header, [*p.chunks[:-1], _flip(p.chunks[-1], -1)]),
+        lambda p: Sealed(p.header, p.chunks[:-1]),  # truncated: FINAL missing
+        lambda p: Sealed(p.header, p.chunks[1:]),  # first chunk dropped
+        lambda p: Sealed(p.header, [p.chunks[1], p.chunks[0], *p.chunks[2:]]),  # reordered
+        lambda p: Sealed(p.header, [*p.chunks, p.chunks[-1]]),  # extra chunk
+        lambda p: Sealed(_flip(p.header, 0), p.chunks),
     ],
     ids=["flip-middle", "flip-final", "truncate", "drop-first", "reorder", "extra", "header"],
 )
@@ -388,7 +475,7 @@ def test_tampered_and_truncated_params(mutate: Any) -> None:
     good = params_of(a.params_frame(vec(1), 0))
     assert len(good.chunks) > 3
     with pytest.raises(IntegrityError):
-        b.receive_params(mutate(good))
+        receive_params(b, mutate(good))
 
 
 def test_authentic_but_malformed_payloads() -> None:
@@ -413,7 +500,7 @@ def test_authentic_but_malformed_payloads() -> None:
         assert a.keys is not None
         header, chunks = seal(a.keys.i2r, plaintext)
         with pytest.raises(err):
-            b.receive_params(Params(header, chunks))
+            receive_params(b, Sealed(header, chunks))
 
 
 def test_low_order_ephemeral_rejected() -> None:
@@ -494,7 +581,7 @@ def test_hand_built_messages_are_validated() -> None:
         b.receive_hello(dataclasses.replace(h, eph_pub=b"\x01" * 31))
     a, b = pair()
     with pytest.raises(DecodeError):
-        b.receive_params(Params(header=b"\x00" * 23, chunks=[b"\x00" * 17]))
+        b.receive_params_start(ParamsStart(header=b"\x00" * 23, size=1, chunks=1))
 
 
 # ------------------------------------------------------------------ swarm secret

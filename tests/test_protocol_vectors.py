@@ -2,7 +2,7 @@
 
 Two independent checks: (1) the library (and AveragingSession with injected
 ephemeral keys / exchange id) reproduces every deterministic byte; (2) the byte
-layouts documented in SPEC.md, rebuilt here with struct/hashlib/nacl only, give
+layouts documented in PROTOCOL.md, rebuilt here with struct/hashlib/nacl only, give
 the same transcripts and keys, so SPEC and code cannot drift apart silently.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from protocol.crypto import open_sealed
 from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder
-from protocol.messages import Hello, Params, encode_message, from_wire
+from protocol.messages import Hello, ParamsChunk, ParamsStart, encode_message, from_wire
 from protocol.session import AveragingSession
 from protocol.tensors import encode_params
 from protocol.vectorgen import VECTOR_DIR, build_handshake, build_messages
@@ -182,13 +182,19 @@ def test_params_vector() -> None:
     assert len(chunks) == -(-len(plaintext) // PARAMS["chunk_size"])
     opened = open_sealed(H(PARAMS["key"]), H(PARAMS["header"]), chunks, len(plaintext))
     assert opened == plaintext
-    assert encode_message(Params(H(PARAMS["header"]), chunks)).hex() == PARAMS["frame"]
-    # The recorded frame is what the vector's initiator would send to its responder.
+    start = ParamsStart(H(PARAMS["header"]), len(plaintext), len(chunks))
+    assert encode_message(start).hex() == PARAMS["start_frame"]
+    assert [encode_message(ParamsChunk(c)).hex() for c in chunks] == PARAMS["chunk_frames"]
+    # The recorded frames are what the vector's initiator would send to its responder.
     a, b = sessions()
     b.receive_hello(decode_one(a.hello()))
     b.hello()
-    flat, step = b.receive_params(decode_one(H(PARAMS["frame"])))
-    assert flat.tolist() == PARAMS["values"] and step == PARAMS["step"]
+    assert b.receive(decode_one(H(PARAMS["start_frame"]))) is None
+    results = [b.receive(decode_one(H(f))) for f in PARAMS["chunk_frames"]]
+    assert results[:-1] == [None] * (len(chunks) - 1)
+    final = results[-1]
+    assert final is not None
+    assert final[0].tolist() == PARAMS["values"] and final[1] == PARAMS["step"]
 
 
 @pytest.mark.parametrize("case", MESSAGES["valid"], ids=lambda c: c["name"])
