@@ -228,6 +228,38 @@ def from_mapping(data: Mapping[str, Any], base: Path) -> Config:
     return config
 
 
+# Keys a running node applies on reload (SIGHUP, `gossipctl config reload`); every other key
+# needs a restart, and a reload that changes one says so instead of half-applying it.
+RELOADABLE = frozenset({
+    "node.log_level",
+    "swarm.members", "swarm.members_file",
+    "network.bootstrap", "network.dial_timeout_s", "network.discovery_interval_s",
+    "averaging.enabled", "averaging.interval_s", "averaging.timeout_s", "averaging.weight",
+    "train.eval_interval_s",
+})
+
+
+def flatten(config: Config) -> dict[str, Any]:
+    """Every key as 'section.key' -> value (paths as strings), in file order."""
+    out: dict[str, Any] = {}
+    for section in fields(config):
+        part = getattr(config, section.name)
+        for f in fields(part):
+            value = getattr(part, f.name)
+            out[f"{section.name}.{f.name}"] = (
+                str(value) if isinstance(value, Path) else list(value)
+                if isinstance(value, tuple) else value
+            )
+    return out
+
+
+def changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(changed keys a running node can apply, changed keys that need a restart)."""
+    a, b = flatten(old), flatten(new)
+    changed = [k for k in a if a[k] != b[k]]
+    return ([k for k in changed if k in RELOADABLE], [k for k in changed if k not in RELOADABLE])
+
+
 def load(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")

@@ -15,11 +15,13 @@ backoff) and never stops training. Bad input from a peer is a strike for that pe
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import random
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -29,9 +31,10 @@ if TYPE_CHECKING:
     # trio.TaskStatus; trio_typing.TaskStatus is the same protocol.
     from trio_typing import TaskStatus
 
+from gossipd import config as config_mod
 from gossipd import discovery, exchange
 from gossipd.config import Config
-from gossipd.membership import Membership
+from gossipd.membership import Membership, check_member_ids, read_members_file
 from gossipd.netapi import Stream, Transport, TransportError
 from gossipd.peers import PeerTable
 from gossipd.runner import ModelRunner
@@ -64,8 +67,10 @@ class Node:
         rng: random.Random | None = None,
         membership: Membership | None = None,
         replay: ReplayCheck | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.membership = membership or Membership(open=True, members=frozenset())
         self.transport = transport
         self.runner = runner
@@ -155,9 +160,12 @@ class Node:
         await self._counted(peer_id, self._connect_and_initiate(peer_id), served=False)
 
     async def _averaging_loop(self) -> None:
-        interval = self.config.averaging.interval_s
+        # Settings are read every round, so a reload takes effect at the next exchange.
         while True:
+            interval = self.config.averaging.interval_s
             await trio.sleep(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+            if not self.config.averaging.enabled:
+                continue
             peer_id = self.peers.pick(trio.current_time())
             if peer_id is not None:
                 await self._average_once(peer_id)
@@ -169,6 +177,52 @@ class Node:
                 self.discovery_stats, trio.current_time, self.config.network.dial_timeout_s,
             )
             await trio.sleep(self.config.network.discovery_interval_s)
+
+    # -- reload --
+    def reload(self, new: Config) -> dict[str, list[str]]:
+        """Apply the reloadable keys of `new` (config.RELOADABLE); report the rest as needing a
+        restart, without applying any of them. Raises MembershipError for an unusable member
+        list, leaving everything as it was."""
+        applied, restart = config_mod.changes(self.config, new)
+        if not applied:
+            return {"applied": [], "needs_restart": restart}
+        if {"swarm.members", "swarm.members_file"} & set(applied):
+            ids = list(new.swarm.members)
+            if new.swarm.members_file is not None:
+                ids += read_members_file(new.swarm.members_file)
+            check_member_ids(ids)
+            self.membership.members = frozenset(ids)
+        merged = self.config  # restart-only keys keep their running values
+        for key in applied:
+            section, name = key.split(".", 1)
+            part = dataclasses.replace(getattr(merged, section),
+                                       **{name: getattr(getattr(new, section), name)})
+            merged = dataclasses.replace(merged, **{section: part})
+        self.config = merged
+        self.runner.weight = self.config.averaging.weight
+        self.runner.eval_interval_s = self.config.train.eval_interval_s
+        logging.getLogger().setLevel(self.config.node.log_level.upper())
+        log.info("reloaded: %s%s", ", ".join(applied),
+                 f"; needs a restart: {', '.join(restart)}" if restart else "")
+        return {"applied": applied, "needs_restart": restart}
+
+    def reload_from_file(self) -> dict[str, list[str]]:
+        """Read the config file again and apply it (SIGHUP, `gossipctl config reload`).
+        ConfigError/MembershipError leave the running config untouched."""
+        if self.config_path is None:
+            raise config_mod.ConfigError("this node was not started from a config file")
+        return self.reload(config_mod.load(self.config_path))
+
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=)."""
+        t = self.runner.status
+        loss = "-" if t.loss is None else f"{t.loss:.3f}"
+        acc = "-" if t.accuracy is None else f"{t.accuracy:.3f}"
+        now = trio.current_time()
+        live = sum(1 for p in self.peers.snapshot(now) if p["live"])
+        return (f"step {t.step}, loss {loss}, accuracy {acc}, peers {live}/{len(self.peers)}, "
+                f"exchanges {self.stats.ok + self.stats.served_ok} ok "
+                f"{self.stats.failed + self.stats.served_failed} failed")
 
     # -- control --
     def status(self) -> dict[str, Any]:
@@ -231,8 +285,7 @@ class Node:
             await nursery.start(self.runner.run_training)
             await nursery.start(self.runner.run_evaluation)
             nursery.start_soon(self._discovery_loop)
-            if self.config.averaging.enabled:
-                nursery.start_soon(self._averaging_loop)
+            nursery.start_soon(self._averaging_loop)
             if control is not None:
                 await nursery.start(serve_control, control, self.handlers())
             task_status.started()

@@ -106,14 +106,18 @@ def read_swarm_key(path: Path) -> bytes:
     return swarm_key_from_secret(secret)
 
 
+def check_member_ids(ids: list[str]) -> None:
+    for peer_id in ids:
+        if not peer_id.isalnum() or not 20 <= len(peer_id) <= 128:
+            raise MembershipError(f"swarm.members: {peer_id!r} is not a peer ID (12D3KooW...)")
+
+
 def build(open_swarm: bool, members: tuple[str, ...], members_file: Path | None,
           secret_file: Path | None, self_id: str = "") -> Membership:
     ids = list(members)
     if members_file is not None:
         ids += read_members_file(members_file)
-    for peer_id in ids:
-        if not peer_id.isalnum() or not 20 <= len(peer_id) <= 128:
-            raise MembershipError(f"swarm.members: {peer_id!r} is not a peer ID (12D3KooW...)")
+    check_member_ids(ids)
     key = read_swarm_key(secret_file) if secret_file is not None else None
     if not open_swarm and not ids and key is None:
         raise MembershipError(

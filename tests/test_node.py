@@ -253,6 +253,10 @@ async def test_secret_only_swarm_hides_the_peer_list_from_unproven_peers() -> No
             await discovery.ask(x.transport, a.transport.peer_id, x.peers, trio.current_time,
                                 1.0)
         await x._average_once(a.transport.peer_id)  # proves the secret
+        assert x.stats.ok == 1
+        with trio.fail_after(5):  # a counts its side once the last chunk from x is in
+            while not a.membership.proven(x.transport.peer_id):
+                await trio.sleep(0.01)
         await discovery.ask(x.transport, a.transport.peer_id, x.peers, trio.current_time, 1.0)
         nursery.cancel_scope.cancel()
 
@@ -264,3 +268,33 @@ async def test_responder_records_served_hellos_in_its_replay_table() -> None:
     await one_exchange(net, a, b)
     await one_exchange(net, a, b)
     assert len(guard) == 2 and b.stats.served_ok == 2
+
+
+async def test_reload_applies_live_keys_and_reports_restart_keys(tmp_path: Any) -> None:
+    import dataclasses
+
+    from gossipd.config import ConfigError
+
+    net = MemoryNetwork()
+    a = make_node(net, "a", 0.0)
+    old = a.config
+    new = dataclasses.replace(
+        old,
+        averaging=dataclasses.replace(old.averaging, interval_s=2.0, weight=0.25),
+        network=dataclasses.replace(old.network, listen=("/elsewhere",)),
+    )
+    result = a.reload(new)
+    assert result == {"applied": ["averaging.interval_s", "averaging.weight"],
+                      "needs_restart": ["network.listen"]}
+    assert a.config.averaging.interval_s == 2.0 and a.runner.weight == 0.25
+    assert a.config.network.listen == old.network.listen  # not applied: needs a restart
+    assert a.reload(a.config) == {"applied": [], "needs_restart": []}
+    with pytest.raises(ConfigError):
+        a.reload_from_file()  # started without a file
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[averaging]\ninterval_s = -1\n")
+    a.config_path = bad
+    with pytest.raises(ConfigError):
+        a.reload_from_file()
+    assert a.config.averaging.interval_s == 2.0  # untouched by the failed reload
+    assert "step 0" in a.status_line()
