@@ -7,13 +7,16 @@ Rule under test (protocol/errors.py): remote input makes the protocol package ra
 ProtocolError subclasses. Any other exception, and any broken invariant listed below, is a
 finding; the exit status is 1 if there was one, else 0.
 
-Corpus: valid frames built with the library itself: Hello frames of both roles from real,
-handshaken AveragingSession pairs (with and without a swarm key), their Params frames (small
-chunk sizes, 4..64 parameters), ErrorMsg, PeersRequest and PeersResponse frames, and random
-msgpack maps. Everything is derived from --seed, so a run is reproducible: the secretstream
-header of each corpus Params is drawn from the seed too (libsodium would pick its own).
+Corpus: valid inputs built with the library itself: Hello frames of both roles from real,
+handshaken AveragingSession pairs (with and without a swarm key), their parameter streams
+(one ParamsStart frame and its ParamsChunk frames; small chunk sizes, 4..64 parameters),
+ErrorMsg, PeersRequest and PeersResponse frames, and random msgpack maps. Everything is
+derived from --seed, so a run is reproducible: the secretstream header of each corpus stream
+is drawn from the seed too (libsodium would pick its own).
 
-Each frame starts from a corpus entry and is mutated in one of three ways:
+One fuzz input ("frame" in the counts) is one mutated corpus input: a single frame, or a
+parameter stream in which one frame is mutated or frames are dropped, duplicated, swapped,
+cut off or borrowed from another input. Mutations of one frame, one of three kinds:
   * byte level, 1-4 stacked: bit flips, interesting bytes (msgpack type bytes among them),
     arithmetic, inserts, deletes, truncation, duplicated slices, splices with another corpus
     frame, appended frames, boundary values over the 4-byte length header or over what may
@@ -23,11 +26,12 @@ Each frame starts from a corpus entry and is mutated in one of three ways:
     edge int, a long str, wrong-length bytes, deep nesting, an oversized container, an ext
     value, a non-str key, or list items dropped, duplicated, swapped or altered; re-encoded;
   * semantic: a Hello field changed and the Hello re-signed (and re-tagged) with the pair's
-    identity key, or a Params payload changed and re-sealed with the pair's direction key, so
-    the signature and the AEAD pass and the checks behind them run.
-A few percent of frames go through unmutated as controls: they must be accepted.
+    identity key, or a parameter stream re-sealed with the pair's direction key around a
+    changed payload, odd tags, an empty chunk, or a ParamsStart that misstates size or count,
+    so the signature and the AEAD pass and the checks behind them run.
+A few percent of inputs go through unmutated as controls: they must be accepted.
 
-Targets of every frame:
+Targets of every input:
   1. FrameDecoder fed the bytes in 1-3 pieces (max_frame sometimes small), next_frame()
      until None, then messages.from_wire on each body; a poisoned decoder must keep raising;
      accepted messages must survive to_wire/from_wire unchanged;
@@ -35,15 +39,17 @@ Targets of every frame:
      template; a newly constructed one for HELLO_FRESH_FRACTION of them), responders with
      no ReplayGuard, a fresh one, one that already saw the exchange id, one whose floor has
      risen, or a clock outside the window; after a success, sometimes the reply Hello;
-  3. each Params: receive_params on a copy of a handshaken session, which opens the
-     secretstream and decodes the payload; a second delivery must be refused;
+  3. ParamsStart and ParamsChunk messages, in stream order: receive_params_start and
+     receive_chunk (or receive) on one copy of a handshaken session per input, which open
+     the secretstream chunk by chunk and decode the payload after the last chunk; a
+     finished stream must refuse one more chunk;
   4. other messages: AveragingSession.receive on a handshaken session (ErrorMsg must become
      RemoteError, everything else UnexpectedMessage);
-  5. tensors.decode_params on a mutated params plaintext, for TENSORS_FRACTION of frames;
+  5. tensors.decode_params on a mutated params plaintext, for TENSORS_FRACTION of inputs;
   6. ReplayGuard.restore on random or mutated bytes plus a few check() calls, for
-     RESTORE_FRACTION of frames.
-A failed session must refuse the next call. Per-frame randomness comes from (seed, frame
-index) alone, so `--start I --frames 1` replays frame I exactly.
+     RESTORE_FRACTION of inputs.
+A failed session must refuse the next call. Per-input randomness comes from (seed, input
+index) alone, so `--start I --frames 1` replays input I exactly.
 """
 
 from __future__ import annotations
@@ -93,7 +99,8 @@ from protocol.messages import (  # noqa: E402
     ErrorMsg,
     Hello,
     Message,
-    Params,
+    ParamsChunk,
+    ParamsStart,
     PeerRecord,
     PeersRequest,
     PeersResponse,
@@ -103,7 +110,11 @@ from protocol.messages import (  # noqa: E402
 )
 from protocol.replay import DEFAULT_WINDOW_MS, RECORD_LEN, ReplayGuard  # noqa: E402
 from protocol.session import AveragingSession  # noqa: E402
-from protocol.tensors import decode_params, encode_params  # noqa: E402
+from protocol.tensors import (  # noqa: E402
+    decode_params,
+    encode_params,
+    params_plaintext_bound,
+)
 
 # Sampling of the targets that do not run on every frame (stated in --help and the summary).
 HELLO_FRESH_FRACTION = 0.1  # Hellos given to a newly constructed session instead of a copy
@@ -112,6 +123,8 @@ RESTORE_FRACTION = 1 / 256  # frames that also fuzz ReplayGuard.restore
 CONTROL_FRACTION = 0.03  # frames sent unmutated; they must be accepted
 MAX_FINDINGS = 5  # findings kept in full (all are counted)
 PROGRESS_EVERY = 100_000
+# Result label of an input that produced a finding; never a ProtocolError code.
+FINDING = "FINDING"
 
 T0 = 1_700_000_000_000  # corpus wall clock, ms since the epoch
 SWARM_KEY = b"\x11" * 32
@@ -131,7 +144,8 @@ INTERESTING_BYTES = (
     0xD7, 0xD8, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xE0, 0xFF,
 )  # fmt: skip
 INTERESTING_U16 = (0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x1000, 0x1001, 0x7FFF, 0x8000, 0xFFFF)
-INTERESTING_U32 = (0, 1, 0xFFFF, 0x10000, 0x100000, 0x1000000, 0x7FFFFFFF, 0xFFFFFFFF)
+INTERESTING_U32 = (0, 1, 0xFFFF, 0x10000, 0x100000, 0x100400, 0x100401, 0x1000000, 0x7FFFFFFF,
+                   0xFFFFFFFF)
 EDGE_INTS = (
     0, 1, -1, 255, 256, 65535, 65536, 2**31 - 1, 2**31, -(2**31), 2**32 - 1, 2**32,
     2**32 + 1, 2**63 - 1, 2**63, -(2**63), 2**64 - 1,
@@ -141,10 +155,12 @@ BYTES_LENGTHS = (0, 1, 15, 16, 17, 23, 24, 25, 31, 32, 33, 63, 64, 65)
 CONTAINER_LENGTHS = (0, 1, 8, 9, 64, 65, 4096, 4097)
 FIELD_NAMES = (
     "t", "version", "exchange_id", "eph_pub", "sig", "spec", "num_params", "step", "time_ms",
-    "swarm_tag", "header", "chunks", "code", "message", "addrs", "peers", "peer_id",
+    "swarm_tag", "header", "size", "chunks", "data", "code", "message", "addrs", "peers",
+    "peer_id",
 )  # fmt: skip
 TYPE_TAGS: tuple[Any, ...] = (
-    "hello", "params", "error", "peers_req", "peers_resp", "", "HELLO", "x", 1, None, b"hello",
+    "hello", "params", "chunk", "error", "peers_req", "peers_resp", "", "HELLO", "x", 1, None,
+    b"hello",
 )  # fmt: skip
 ERROR_CODES = ("decode", "auth", "integrity", "limit", "spec", "internal", "remote", "zz-new")
 # X25519 points whose shared secret is all zero (small order) or that are non-canonical.
@@ -222,14 +238,19 @@ class Pair:
 
 @dataclass
 class Entry:
-    """A corpus frame. ``pair``/``from_initiator`` say who produced it (Hello and Params)."""
+    """A corpus input: one frame, or a parameter stream (ParamsStart and its chunks).
+    ``pair``/``from_initiator`` say who produced it (Hellos and streams)."""
 
     kind: str
-    frame: bytes
-    body: dict[str, Any]
+    frames: list[bytes]
+    bodies: list[dict[str, Any]]
     pair: int | None = None
     from_initiator: bool = True
     plaintext: bytes = b""
+    stream: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.stream = b"".join(self.frames)
 
 
 @dataclass
@@ -254,7 +275,8 @@ class Finding:
 
 @dataclass
 class Stats:
-    frames: int = 0
+    frames: int = 0  # fuzz inputs: one frame or one parameter stream
+    wire_frames: int = 0  # length-prefixed frames the decoder returned
     controls: int = 0
     outcome: Counter[str] = field(default_factory=Counter)
     targets: dict[str, Counter[str]] = field(default_factory=dict)
@@ -265,7 +287,7 @@ class Stats:
 
     def count(self, target: str, result: str) -> None:
         self.targets.setdefault(target, Counter())[result] += 1
-        if result not in ("ok", "incomplete"):
+        if result not in ("ok", "incomplete", FINDING):
             self.codes[result] += 1
 
 
@@ -286,21 +308,33 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+def split(plaintext: bytes, chunk_size: int) -> list[bytes]:
+    return [plaintext[i : i + chunk_size] for i in range(0, len(plaintext), chunk_size)] or [b""]
+
+
 def seal_with_header(
-    key: bytes, plaintext: bytes, chunk_size: int, header: bytes, tags: Sequence[int] | None = None
+    key: bytes, pieces: Sequence[bytes], header: bytes, tags: Sequence[int] | None = None
 ) -> list[bytes]:
     """Secretstream chunks under a chosen header. Pulling and pushing start from the same
     state (HChaCha20 subkey and nonce from key and header), so a state initialised for
-    pulling seals exactly what init_push would have with that header."""
+    pulling seals exactly what init_push would have with that header. ``tags`` repeats
+    cyclically; by default every chunk is MESSAGE and the last FINAL."""
     state = sodium.crypto_secretstream_xchacha20poly1305_state()
     sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, header, key)
-    pieces = [plaintext[i : i + chunk_size] for i in range(0, len(plaintext), chunk_size)] or [b""]
     if tags is None:
         tags = [_TAG_MESSAGE] * (len(pieces) - 1) + [_TAG_FINAL]
     return [
         bytes(sodium.crypto_secretstream_xchacha20poly1305_push(state, piece, None, tag))
-        for piece, tag in zip(pieces, itertools.cycle(tags) if len(tags) < len(pieces) else tags)
+        for piece, tag in zip(pieces, itertools.cycle(tags), strict=False)
     ]
+
+
+def stream_frames(header: bytes, size: int, count: int, chunks: Sequence[bytes],
+                  extra: dict[str, Any] | None = None) -> list[bytes]:
+    """Frames of one parameter stream; sizes and counts may lie (packed without validation)."""
+    start: dict[str, Any] = {"t": "params", "header": header, "size": size, "chunks": count}
+    start.update(extra or {})
+    return [_frame(start), *(_frame({"t": "chunk", "data": c}) for c in chunks)]
 
 
 def _decoded(frame: bytes) -> dict[str, Any]:
@@ -360,34 +394,44 @@ def build_pair(index: int, rng: random.Random, num_params: int, chunk_size: int,
                 eph_i, eph_r, exchange_id, keys.i2r, keys.r2i, waiting, fresh, guarded, slot,
                 keyed_i, keyed_r)
     entries = [
-        Entry("hello", hello_i, _decoded(hello_i), index, True),
-        Entry("hello", hello_r, _decoded(hello_r), index, False),
+        Entry("hello", [hello_i], [_decoded(hello_i)], index, True),
+        Entry("hello", [hello_r], [_decoded(hello_r)], index, False),
     ]
     # The library's own sealing path must interoperate with the templates.
     values = np.array([rng.uniform(-4, 4) for _ in range(num_params)], dtype=np.float32)
-    real = from_wire(_decoded(copy.copy(keyed_i).params_frame(values, 9)))
-    assert isinstance(real, Params)
-    got, step = copy.copy(keyed_r).receive_params(real)
-    if step != 9 or not np.array_equal(got, values):
-        raise RuntimeError("params_frame does not round-trip through receive_params")
+    real = list(copy.copy(keyed_i).params_frames(values, 9))
+    if deliver(copy.copy(keyed_r), real) != (9, values.tobytes()):
+        raise RuntimeError("params_frames does not round-trip through the receiver")
     for from_initiator in (True, False):
         for _ in range(2):
             values = np.array(
                 [rng.uniform(-1e3, 1e3) for _ in range(num_params)], dtype=np.float32
             )
-            plaintext = encode_params(values, rng.randrange(2**40))
+            step = rng.randrange(2**40)
+            plaintext = encode_params(values, step)
             key = keys.i2r if from_initiator else keys.r2i
             header = rng.randbytes(24)
-            msg = Params(header=header, chunks=seal_with_header(key, plaintext, chunk_size, header))
+            pieces = split(plaintext, chunk_size)
+            frames = stream_frames(header, len(plaintext), len(pieces),
+                                   seal_with_header(key, pieces, header))
             receiver = keyed_r if from_initiator else keyed_i
-            got, _ = copy.copy(receiver).receive_params(msg)
-            if not np.array_equal(got, values):
+            if deliver(copy.copy(receiver), frames) != (step, values.tobytes()):
                 raise RuntimeError("seal_with_header differs from the library's secretstream")
-            frame = encode_message(msg)
-            entries.append(
-                Entry("params", frame, _decoded(frame), index, from_initiator, plaintext)
-            )
+            entries.append(Entry("params", frames, [_decoded(f) for f in frames], index,
+                                 from_initiator, plaintext))
     return pair, entries
+
+
+def deliver(session: AveragingSession, frames: Sequence[bytes]) -> tuple[int, bytes] | None:
+    """Feed a parameter stream to ``session``: (step, float32 bytes) once it completes."""
+    dec = FrameDecoder()
+    dec.feed(b"".join(frames))
+    result = None
+    while (body := dec.next_frame()) is not None:
+        got = session.receive(from_wire(body))
+        if got is not None:
+            result = (got[1], got[0].tobytes())
+    return result
 
 
 def random_text(rng: random.Random, n: int) -> str:
@@ -411,13 +455,14 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
 def build_corpus(seed: int) -> tuple[list[Pair], list[Entry], list[Entry]]:
     """Pairs, corpus frames and params plaintexts for the decode_params target."""
     rng = random.Random(f"corpus:{seed}")
+    # (num_params, chunk_size, spec, swarm key, identity): streams of 2..13 chunks.
     configs: list[tuple[int, int, str, bytes | None, int]] = [
         (4, 8, SPEC, None, 0),
         (4, 8, SPEC, SWARM_KEY, 0),
         (4, 64, "fuzz-other-v1", None, 0),
-        (17, 64, SPEC, None, 0),
-        (64, 8, SPEC, SWARM_KEY, 1),
-        (64, 64, SPEC, None, 1),
+        (17, 8, SPEC, None, 0),
+        (17, 64, SPEC, None, 1),
+        (64, 64, SPEC, SWARM_KEY, 1),
         (33, 64, SPEC, SWARM_KEY, 1),
     ]
     pairs: list[Pair] = []
@@ -429,12 +474,12 @@ def build_corpus(seed: int) -> tuple[list[Pair], list[Entry], list[Entry]]:
     for _ in range(6):
         code = rng.choice(ERROR_CODES)
         msg: Message = ErrorMsg(code=code, message=random_text(rng, rng.choice((0, 5, 80, 512))))
-        corpus.append(Entry("error", encode_message(msg), to_wire(msg)))
+        corpus.append(Entry("error", [encode_message(msg)], [to_wire(msg)]))
     for _ in range(4):
         addrs = [f"/ip4/10.0.0.{rng.randrange(256)}/tcp/{rng.randrange(1, 65536)}"
                  for _ in range(rng.randrange(9))]
         msg = PeersRequest(addrs=addrs)
-        corpus.append(Entry("peers_req", encode_message(msg), to_wire(msg)))
+        corpus.append(Entry("peers_req", [encode_message(msg)], [to_wire(msg)]))
     for _ in range(4):
         peers = [
             PeerRecord(
@@ -444,11 +489,11 @@ def build_corpus(seed: int) -> tuple[list[Pair], list[Entry], list[Entry]]:
             for _ in range(rng.randrange(6))
         ]
         msg = PeersResponse(peers=peers)
-        corpus.append(Entry("peers_resp", encode_message(msg), to_wire(msg)))
+        corpus.append(Entry("peers_resp", [encode_message(msg)], [to_wire(msg)]))
     for _ in range(8):
-        body = {"t": rng.choice(TYPE_TAGS[:6])}
+        body = {"t": rng.choice(TYPE_TAGS[:7])}
         body.update({rng.choice(FIELD_NAMES[1:]): random_value(rng) for _ in range(4)})
-        corpus.append(Entry("random", _frame(body), body))
+        corpus.append(Entry("random", [_frame(body)], [body]))
     plaintexts = [e for e in corpus if e.kind == "params"]
     return pairs, corpus, plaintexts
 
@@ -461,28 +506,28 @@ def _pos(rng: random.Random, buf: bytearray, body_only: bool = True) -> int:
     return rng.randrange(lo, len(buf))
 
 
-def m_bitflip(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_bitflip(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     if buf:
         buf[_pos(rng, buf)] ^= 1 << rng.randrange(8)
 
 
-def m_interesting(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_interesting(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     if buf:
         buf[_pos(rng, buf)] = rng.choice(INTERESTING_BYTES)
 
 
-def m_random_byte(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_random_byte(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     if buf:
         buf[_pos(rng, buf)] = rng.randrange(256)
 
 
-def m_arith(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_arith(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     if buf:
         i = _pos(rng, buf)
         buf[i] = (buf[i] + rng.choice((-1, 1)) * rng.randint(1, 35)) & 0xFF
 
 
-def m_wide(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_wide(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     # Boundary values where a msgpack length or int field may sit.
     if len(buf) >= 2:
         i = _pos(rng, buf)
@@ -492,24 +537,24 @@ def m_wide(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
             buf[i : i + 4] = struct.pack(">I", rng.choice(INTERESTING_U32))
 
 
-def m_insert(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_insert(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     i = _pos(rng, buf) if buf else 0
     n = rng.randint(1, 32)
     data = rng.randbytes(n) if rng.random() < 0.5 else bytes([rng.choice(INTERESTING_BYTES)]) * n
     buf[i:i] = data
 
 
-def m_delete(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_delete(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     if buf:
         i = _pos(rng, buf)
         del buf[i : i + rng.choice((1, 2, 4, rng.randint(1, max(1, len(buf) // 2))))]
 
 
-def m_truncate(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_truncate(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     del buf[rng.randrange(len(buf) + 1) :]
 
 
-def m_duplicate(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_duplicate(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     if buf:
         a = rng.randrange(len(buf))
         piece = buf[a : a + rng.randint(1, 64)]
@@ -517,20 +562,20 @@ def m_duplicate(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> 
         buf[i:i] = piece * rng.choice((1, 1, 2, 16))
 
 
-def m_splice(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
-    other = rng.choice(others).frame
+def m_splice(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
+    other = rng.choice(others)
     a, b = rng.randrange(len(buf) + 1), rng.randrange(len(other) + 1)
     buf[a:] = other[b:]
 
 
-def m_append(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
-    buf += rng.choice(others).frame
+def m_append(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
+    buf += rng.choice(others)
 
 
-def m_length(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> None:
+def m_length(rng: random.Random, buf: bytearray, others: Sequence[bytes]) -> None:
     n = len(buf) - 4
-    value = rng.choice((0, 1, n - 1, n + 1, 2**24, 2**24 + 1, 2**32 - 1, rng.randrange(2**32),
-                        rng.randrange(64)))
+    value = rng.choice((0, 1, n - 1, n + 1, DEFAULT_MAX_FRAME, DEFAULT_MAX_FRAME + 1, 2**24,
+                        2**32 - 1, rng.randrange(2**32), rng.randrange(64)))
     header = _HEADER.pack(value % 2**32)
     if len(buf) >= 4:
         buf[:4] = header
@@ -538,7 +583,7 @@ def m_length(rng: random.Random, buf: bytearray, others: Sequence[Entry]) -> Non
         buf[:0] = header
 
 
-ByteMutator = Callable[[random.Random, bytearray, Sequence[Entry]], None]
+ByteMutator = Callable[[random.Random, bytearray, Sequence[bytes]], None]
 BYTE_MUTATORS: tuple[ByteMutator, ...] = (
     m_bitflip, m_bitflip, m_interesting, m_interesting, m_random_byte, m_arith, m_wide,
     m_insert, m_delete, m_truncate, m_duplicate, m_splice, m_append, m_length,
@@ -547,7 +592,7 @@ BYTE_MUTATORS: tuple[ByteMutator, ...] = (
 _HEADER_DECIDED = {m_truncate, m_append, m_length, m_splice}
 
 
-def mutate_bytes(rng: random.Random, data: bytes, others: Sequence[Entry], stack: int) -> bytes:
+def mutate_bytes(rng: random.Random, data: bytes, others: Sequence[bytes], stack: int) -> bytes:
     buf = bytearray(data)
     decided = False
     for _ in range(stack):
@@ -600,7 +645,7 @@ def _wrong_value(rng: random.Random, current: Any) -> Any:
         item = current if small else rng.choice(("x", 1, b"x"))
         return [item] * rng.choice(CONTAINER_LENGTHS)
     if r == 5:
-        return rng.choice((msgpack.ExtType(rng.randrange(-128, 128), rng.randbytes(4)),
+        return rng.choice((msgpack.ExtType(rng.randrange(128), rng.randbytes(4)),
                            msgpack.Timestamp(rng.randrange(2**32))))
     if r == 6:
         return rng.choice((None, True, False, 0.0, 1.5, math.nan, -math.inf))
@@ -669,24 +714,45 @@ def mutate_map(rng: random.Random, body: dict[Any, Any]) -> dict[Any, Any]:
     return body
 
 
-def mutate_structure(rng: random.Random, entry: Entry, stack: int) -> bytes:
-    body: Any = entry.body
+def mutate_structure(rng: random.Random, body: dict[str, Any], frame: bytes, stack: int
+                     ) -> bytes:
+    """``body`` (the decoded ``frame``) with ``stack`` structural changes, re-encoded."""
+    new: Any = body
     for _ in range(stack):
-        body = mutate_map(rng, body)
+        new = mutate_map(rng, new)
     if rng.random() < 0.02:
-        body = rng.choice(([body], random_value(rng), "string body"))
+        new = rng.choice(([new], random_value(rng), "string body"))
     try:
-        return _frame(body)
+        return _frame(new)
     except (ValueError, TypeError, OverflowError):
-        return entry.frame  # msgpack cannot encode it (e.g. too deep); nothing to send
+        return frame  # msgpack cannot encode it (e.g. too deep); nothing to send
+
+
+def mutate_stream(rng: random.Random, frames: list[bytes], others: Sequence[bytes]) -> None:
+    """Reorder, drop, repeat, cut or borrow whole frames of a stream, in place."""
+    r = rng.randrange(6)
+    i, j = rng.randrange(len(frames)), rng.randrange(len(frames))
+    if r == 0 and len(frames) > 1:
+        del frames[i]
+    elif r == 1:
+        frames.insert(j, frames[i])
+    elif r == 2:
+        frames[i], frames[j] = frames[j], frames[i]
+    elif r == 3:
+        del frames[max(1, i) :]
+    elif r == 4:
+        frames.insert(j, rng.choice(others))
+    else:
+        frames.extend(frames[1:] or frames)  # the whole stream again: extra chunks
 
 
 # ---------------------------------------------------------------------- semantic mutators
 
 
-def resigned_hello(rng: random.Random, pair: Pair, pairs: Sequence[Pair], entry: Entry) -> bytes:
+def resigned_hello(rng: random.Random, pair: Pair, pairs: Sequence[Pair], entry: Entry
+                   ) -> list[bytes]:
     """Change signed Hello fields to valid-typed values, then sign and tag again."""
-    body = dict(entry.body)
+    body = dict(entry.bodies[0])
     for name in rng.sample(HELLO_FIELDS, rng.randint(1, 2)):
         if name == "exchange_id":
             body[name] = rng.randbytes(16)
@@ -717,7 +783,7 @@ def resigned_hello(rng: random.Random, pair: Pair, pairs: Sequence[Pair], entry:
         body["swarm_tag"] = rng.choice((b"", swarm_tag(OTHER_SWARM_KEY, transcript)))
     else:
         body["swarm_tag"] = swarm_tag(pair.swarm_key, transcript)
-    return _frame(body)
+    return [_frame(body)]
 
 
 def mutate_plaintext(rng: random.Random, plaintext: bytes, n: int) -> bytes:
@@ -760,34 +826,50 @@ def mutate_plaintext(rng: random.Random, plaintext: bytes, n: int) -> bytes:
         return plaintext
 
 
-def resealed_params(rng: random.Random, pair: Pair, entry: Entry) -> bytes:
-    """Re-seal a (usually changed) plaintext so the AEAD passes; or seal with odd tags."""
+def resealed_stream(rng: random.Random, pair: Pair, entry: Entry) -> list[bytes]:
+    """A parameter stream sealed with the right key (so the AEAD passes) around a changed
+    plaintext, odd tags, an empty chunk, or a ParamsStart that misstates size or count."""
     key = pair.k_i2r if entry.from_initiator else pair.k_r2i
     if rng.random() < 0.05:
         key = pair.k_r2i if entry.from_initiator else pair.k_i2r  # the reflection key
     plaintext = entry.plaintext
     tags: list[int] | None = None
-    if rng.random() < 0.75:
+    if rng.random() < 0.7:
         plaintext = mutate_plaintext(rng, plaintext, pair.num_params)
-    else:
+    elif rng.random() < 0.7:
         tags = rng.choice(([_TAG_FINAL, _TAG_MESSAGE], [_TAG_MESSAGE], [_TAG_PUSH], [_TAG_REKEY],
                            [_TAG_MESSAGE, _TAG_FINAL, _TAG_MESSAGE], [_TAG_FINAL]))
-    chunk_size = rng.choice((1, 8, 64, pair.chunk_size, 4096))
+    pieces = split(plaintext, rng.choice((1, 8, 64, pair.chunk_size, 4096)))
+    if rng.random() < 0.05:
+        pieces.insert(rng.randrange(len(pieces) + 1), b"")  # a chunk with no plaintext
+    size, count = len(plaintext), len(pieces)
+    if rng.random() < 0.2:
+        bound = params_plaintext_bound(pair.num_params)
+        size = rng.choice((size - 1, size + 1, 0, bound, bound + 1, 2**33, 2**33 + 1, -1))
+    if rng.random() < 0.2:
+        count = rng.choice((count - 1, count + 1, 0, max(size, 0) + 1, 8192, 8193, True))
     header = rng.randbytes(24)
-    chunks = seal_with_header(key, plaintext, chunk_size, header, tags)
-    body: dict[str, Any] = {"t": "params", "header": header, "chunks": chunks}
-    if rng.random() < 0.1:
-        body["zz_extra"] = random_value(rng)
-    return _frame(body)
+    extra = {"zz_extra": random_value(rng)} if rng.random() < 0.1 else None
+    return stream_frames(header, size, count, seal_with_header(key, pieces, header, tags), extra)
 
 
 # ---------------------------------------------------------------------- fuzzer
+
+
+class _Stream:
+    """The receiving side of this input's parameter stream (created at its first message)."""
+
+    def __init__(self, session: AveragingSession, num_params: int) -> None:
+        self.session = session
+        self.num_params = num_params
+        self.result: str | None = None  # "ok" or an error code once the stream has ended
 
 
 class Fuzzer:
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self.pairs, self.corpus, self.plaintexts = build_corpus(seed)
+        self.all_frames = [f for e in self.corpus for f in e.frames]
         self.stats = Stats()
 
     # ---------------------------------------------------------------- bookkeeping
@@ -797,61 +879,76 @@ class Fuzzer:
         st.unexpected += 1
         name = type(exc).__name__
         st.unexpected_by[f"{target}:{name}"] += 1
-        st.targets.setdefault(target, Counter())["unexpected"] += 1
+        st.targets.setdefault(target, Counter())[FINDING] += 1
         if len(st.findings) < MAX_FINDINGS:
             st.findings.append(Finding(index, target, name, repr(exc)[:300],
                                        traceback.format_exc(limit=-8), data))
-        return "unexpected"
+        return FINDING
 
-    # ---------------------------------------------------------------- one frame
+    def _violation(self, index: int, target: str, text: str, data: bytes) -> str:
+        try:
+            raise InvariantViolation(text)
+        except InvariantViolation as exc:
+            return self._unexpected(index, target, exc, data)
 
-    def make_frame(self, rng: random.Random) -> tuple[Entry, bytes, bool]:
+    # ---------------------------------------------------------------- one input
+
+    def make_input(self, rng: random.Random) -> tuple[Entry, bytes, bool]:
         entry = rng.choice(self.corpus)
         if entry.kind != "random" and rng.random() < CONTROL_FRACTION:
-            return entry, entry.frame, True
-        r = rng.random()
+            return entry, entry.stream, True
         pair = self.pairs[entry.pair] if entry.pair is not None else None
+        r = rng.random()
         if pair is not None and r < 0.15:
             if entry.kind == "hello":
-                frame = resigned_hello(rng, pair, self.pairs, entry)
+                frames = resigned_hello(rng, pair, self.pairs, entry)
             else:
-                frame = resealed_params(rng, pair, entry)
+                frames = resealed_stream(rng, pair, entry)
             if rng.random() < 0.2:
-                frame = mutate_structure(rng, Entry(entry.kind, frame, _unpack(frame[4:])), 1)
-        elif r < 0.45:
-            frame = mutate_structure(rng, entry, rng.randint(1, 3))
+                i = rng.randrange(len(frames))
+                frames[i] = mutate_structure(rng, _unpack(frames[i][4:]), frames[i], 1)
+            return entry, b"".join(frames), False
+        frames = list(entry.frames)
+        if len(frames) > 1 and rng.random() < 0.15:
+            mutate_stream(rng, frames, self.all_frames)
+            if rng.random() < 0.5:
+                return entry, b"".join(frames), False
+        # One frame of a stream gets the mutation: usually ParamsStart or the last chunk.
+        i = rng.choice((0, len(entry.frames) - 1, rng.randrange(len(entry.frames))))
+        i = min(i, len(frames) - 1)
+        if r < 0.45 and i < len(entry.frames):
+            frames[i] = mutate_structure(rng, entry.bodies[i], frames[i], rng.randint(1, 3))
             if rng.random() < 0.25:
-                frame = mutate_bytes(rng, frame, self.corpus, 1)
+                frames[i] = mutate_bytes(rng, frames[i], self.all_frames, 1)
         else:
-            frame = mutate_bytes(rng, entry.frame, self.corpus, rng.randint(1, 4))
-        return entry, frame, False
+            frames[i] = mutate_bytes(rng, frames[i], self.all_frames, rng.randint(1, 4))
+        return entry, b"".join(frames), False
 
-    def fuzz_frame(self, index: int) -> None:
+    def fuzz_input(self, index: int) -> None:
         rng = random.Random(self.seed * 2**40 + index)
         st = self.stats
         st.frames += 1
-        entry, frame, control = self.make_frame(rng)
+        entry, data, control = self.make_input(rng)
         st.controls += control
-        outcome = self.target_decode(index, rng, frame, entry, control)
-        st.outcome[outcome] += 1
+        st.outcome[self.target_decode(index, rng, data, entry, control)] += 1
         if rng.random() < TENSORS_FRACTION:
             self.target_tensors(index, rng)
         if rng.random() < RESTORE_FRACTION:
             self.target_restore(index, rng)
 
-    def target_decode(self, index: int, rng: random.Random, frame: bytes, entry: Entry,
+    def target_decode(self, index: int, rng: random.Random, data: bytes, entry: Entry,
                       control: bool) -> str:
         st = self.stats
         max_frame = DEFAULT_MAX_FRAME
-        if rng.random() < 0.1:
-            max_frame = rng.choice((1, 16, 256, max(1, len(frame) - 5), max(1, len(frame) - 4)))
+        if not control and rng.random() < 0.1:
+            max_frame = rng.choice((1, 16, 256, max(1, len(data) - 5), max(1, len(data) - 4)))
         dec = FrameDecoder(max_frame=max_frame)
-        cuts = sorted(rng.randrange(len(frame) + 1) for _ in range(rng.randrange(3)))
+        cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(3)))
         bodies: list[dict[str, Any]] = []
         first: str | None = None
         try:
-            for lo, hi in itertools.pairwise((0, *cuts, len(frame))):
-                dec.feed(frame[lo:hi])
+            for lo, hi in itertools.pairwise((0, *cuts, len(data))):
+                dec.feed(data[lo:hi])
                 while (body := dec.next_frame()) is not None:
                     if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
                         raise InvariantViolation(f"decoder returned {type(body).__name__}")
@@ -864,50 +961,61 @@ class Fuzzer:
             except DecodeError:
                 pass
             except Exception as exc2:
-                return self._unexpected(index, "frame", exc2, frame)
+                return self._unexpected(index, "frame", exc2, data)
             else:
-                return self._unexpected(
-                    index, "frame", InvariantViolation("poisoned decoder accepted bytes"), frame
-                )
+                return self._violation(index, "frame", "poisoned decoder accepted bytes", data)
         except Exception as exc:
-            return self._unexpected(index, "frame", exc, frame)
+            return self._unexpected(index, "frame", exc, data)
         else:
-            st.count("frame", "ok" if bodies else "incomplete")
-        if control and (first is not None or bodies != [entry.body]):
-            return self._unexpected(index, "frame", InvariantViolation(
-                f"unmutated frame not decoded: {first}"), frame)
+            st.count("frame", "incomplete" if dec.buffered else "ok")
+        st.wire_frames += len(bodies)
+        if control and (first is not None or bodies != entry.bodies):
+            return self._violation(index, "frame", f"unmutated input not decoded: {first}", data)
+        stream: _Stream | None = None
         for body in bodies:
             try:
                 msg = from_wire(body)
             except ProtocolError as exc:
                 st.count("message", exc.code)
                 first = first or exc.code
+                if stream is not None and stream.result is None:
+                    stream.result = exc.code  # a daemon closes the stream here
                 continue
             except Exception as exc:
-                return self._unexpected(index, "message", exc, frame)
+                return self._unexpected(index, "message", exc, data)
             try:
                 # What was accepted must be re-encodable, unchanged, by the sender's rules.
                 if from_wire(to_wire(msg)) != msg:
                     raise InvariantViolation("message changed in a to_wire/from_wire round trip")
             except Exception as exc:
-                return self._unexpected(index, "message", exc, frame)
+                return self._unexpected(index, "message", exc, data)
             st.count("message", "ok")
             if isinstance(msg, Hello):
-                result = self.target_hello(index, rng, msg, entry, frame, control)
-            elif isinstance(msg, Params):
-                result = self.target_params(index, rng, msg, entry, frame, control)
+                result = self.target_hello(index, rng, msg, entry, data, control)
+            elif isinstance(msg, (ParamsStart, ParamsChunk)):
+                if stream is None:
+                    stream = self._open_stream(rng, entry, control)
+                result = self.target_params(index, rng, stream, msg, data)
             else:
-                result = self.target_other(index, rng, msg, frame)
-            if result == "unexpected":
+                result = self.target_other(index, rng, msg, data)
+            if result == FINDING:
                 return result
-            if result != "ok":
+            if result not in ("ok", "incomplete"):
                 first = first or result
+        if stream is not None:
+            result = stream.result or "incomplete"
+            st.count("params_stream", result)
+            if control and result != "ok":
+                return self._violation(index, "params", f"unmutated stream refused: {result}",
+                                       data)
         if first is not None:
             return first
-        return "ok" if bodies else "incomplete"
+        if not bodies or dec.buffered or (stream is not None and stream.result is None):
+            return "incomplete"
+        return "ok"
 
     def _session_call(self, index: int, target: str, session: AveragingSession,
-                      call: Callable[[], object], frame: bytes, rng: random.Random) -> str:
+                      call: Callable[[], object], data: bytes, rng: random.Random) -> str:
         """Run one receive call; on a ProtocolError the session must stay failed."""
         try:
             call()
@@ -919,13 +1027,12 @@ class Fuzzer:
                 except UnexpectedMessage:
                     pass
                 except Exception as exc2:
-                    return self._unexpected(index, target, exc2, frame)
+                    return self._unexpected(index, target, exc2, data)
                 else:
-                    return self._unexpected(index, target, InvariantViolation(
-                        "failed session accepted another call"), frame)
+                    return self._violation(index, target, "failed session accepted a call", data)
             return exc.code
         except Exception as exc:
-            return self._unexpected(index, target, exc, frame)
+            return self._unexpected(index, target, exc, data)
         self.stats.count(target, "ok")
         return "ok"
 
@@ -940,7 +1047,7 @@ class Fuzzer:
             guard = ReplayGuard()
             guard.check(msg.exchange_id, T0 + 900, T0 + 1000)
             return guard
-        if mode == 3:  # a full table has forgotten entries up to T0 + 1
+        if mode == 3:  # a full table has forgotten entries up to T0 + 2
             guard = ReplayGuard(capacity=1)
             guard.check(bytes(16), T0 + 1, T0 + 1000)
             guard.check(b"\x01" * 16, T0 + 2, T0 + 1000)
@@ -948,7 +1055,7 @@ class Fuzzer:
         return ReplayGuard(window_ms=rng.choice((1, 500, 1000)))
 
     def target_hello(self, index: int, rng: random.Random, msg: Hello, entry: Entry,
-                     frame: bytes, control: bool) -> str:
+                     data: bytes, control: bool) -> str:
         if entry.pair is not None and (control or rng.random() < 0.85):
             pair, from_initiator = self.pairs[entry.pair], entry.from_initiator
         else:
@@ -967,10 +1074,9 @@ class Fuzzer:
                                     else pair.responder_guarded)
                 pair.slot.guard = guard
         result = self._session_call(index, "hello", session, lambda: session.receive_hello(msg),
-                                    frame, rng)
+                                    data, rng)
         if control and result != "ok":
-            return self._unexpected(index, "hello", InvariantViolation(
-                f"unmutated Hello refused: {result}"), frame)
+            return self._violation(index, "hello", f"unmutated Hello refused: {result}", data)
         if result == "ok" and rng.random() < 0.25:
             try:
                 if session.keys is None or session.remote_step != msg.step:
@@ -978,67 +1084,84 @@ class Fuzzer:
                 if from_initiator:
                     session.hello()
             except Exception as exc:
-                return self._unexpected(index, "hello", exc, frame)
+                return self._unexpected(index, "hello", exc, data)
         return result
 
-    def target_params(self, index: int, rng: random.Random, msg: Params, entry: Entry,
-                      frame: bytes, control: bool) -> str:
+    def _open_stream(self, rng: random.Random, entry: Entry, control: bool) -> _Stream:
         if entry.pair is not None and (control or rng.random() < 0.9):
             pair, from_initiator = self.pairs[entry.pair], entry.from_initiator
         else:
             pair, from_initiator = rng.choice(self.pairs), rng.random() < 0.5
         template = pair.responder_keyed if from_initiator else pair.initiator_keyed
         if not control and rng.random() < 0.03:
-            template = pair.responder_fresh  # Params before the handshake
-        session = copy.copy(template)
-        got: list[tuple[Any, int]] = []
-        result = self._session_call(index, "params", session,
-                                    lambda: got.append(session.receive_params(msg)), frame, rng)
-        if control and result != "ok":
-            return self._unexpected(index, "params", InvariantViolation(
-                f"unmutated Params refused: {result}"), frame)
-        if result == "ok":
-            try:
-                flat, step = got[0]
-                if flat.shape != (pair.num_params,) or not np.isfinite(flat).all():
-                    raise InvariantViolation(f"accepted params of shape {flat.shape}")
-                if not 0 <= step <= 2**63 - 1:
-                    raise InvariantViolation(f"accepted step {step}")
-                if rng.random() < 0.1:
-                    try:
-                        session.receive_params(msg)
-                    except UnexpectedMessage:
-                        pass
-                    else:
-                        raise InvariantViolation("the same Params was accepted twice")
-            except Exception as exc:
-                return self._unexpected(index, "params", exc, frame)
-        return result
+            template = pair.responder_fresh  # parameters before the handshake
+        return _Stream(copy.copy(template), pair.num_params)
 
-    def target_other(self, index: int, rng: random.Random, msg: Message, frame: bytes) -> str:
+    def target_params(self, index: int, rng: random.Random, stream: _Stream,
+                      msg: ParamsStart | ParamsChunk, data: bytes) -> str:
+        """Deliver one stream message; after the stream ended (either way), stay silent, as
+        the daemon closes it, except for one check that a finished stream refuses more."""
+        session = stream.session
+        if stream.result is not None:
+            if stream.result != "ok" or rng.random() >= 0.1:
+                return "ok"
+            try:
+                session.receive(msg)
+            except UnexpectedMessage:
+                return "ok"
+            except Exception as exc:
+                return self._unexpected(index, "params", exc, data)
+            return self._violation(index, "params", "a finished stream accepted more", data)
+        got: list[tuple[Any, int] | None] = []
+
+        def call() -> None:
+            if rng.random() < 0.3:
+                got.append(session.receive(msg))
+            elif isinstance(msg, ParamsStart):
+                session.receive_params_start(msg)
+            else:
+                got.append(session.receive_chunk(msg))
+
+        result = self._session_call(index, "params", session, call, data, rng)
+        if result != "ok":
+            stream.result = result
+            return result
+        if not got or got[0] is None:
+            return "incomplete"
+        stream.result = "ok"
+        try:
+            flat, step = got[0]
+            if flat.shape != (stream.num_params,) or not np.isfinite(flat).all():
+                raise InvariantViolation(f"accepted params of shape {flat.shape}")
+            if not 0 <= step <= 2**63 - 1:
+                raise InvariantViolation(f"accepted step {step}")
+        except Exception as exc:
+            return self._unexpected(index, "params", exc, data)
+        return "ok"
+
+    def target_other(self, index: int, rng: random.Random, msg: Message, data: bytes) -> str:
         pair = rng.choice(self.pairs)
         session = copy.copy(pair.responder_keyed if rng.random() < 0.5 else pair.initiator_keyed)
         try:
             session.receive(msg)
         except RemoteError as exc:
             if not isinstance(msg, ErrorMsg) or exc.remote_code != msg.code:
-                return self._unexpected(index, "other", InvariantViolation(
-                    f"RemoteError for {type(msg).__name__}"), frame)
+                return self._violation(index, "other", f"RemoteError for {msg!r:.80}", data)
             self.stats.count("other", exc.code)
             return "ok"  # a well-formed ErrorMsg is a valid frame
         except UnexpectedMessage as exc:
             if isinstance(msg, ErrorMsg):
-                return self._unexpected(index, "other", InvariantViolation(
-                    "ErrorMsg not reported as RemoteError"), frame)
+                return self._violation(index, "other", "ErrorMsg not reported as RemoteError",
+                                       data)
             self.stats.count("other", exc.code)
             return "ok"
         except ProtocolError as exc:
             self.stats.count("other", exc.code)
             return exc.code
         except Exception as exc:
-            return self._unexpected(index, "other", exc, frame)
-        return self._unexpected(index, "other", InvariantViolation(
-            f"{type(msg).__name__} accepted on an averaging stream"), frame)
+            return self._unexpected(index, "other", exc, data)
+        return self._violation(index, "other", f"{type(msg).__name__} accepted after the "
+                               "handshake on an averaging stream", data)
 
     def target_tensors(self, index: int, rng: random.Random) -> None:
         entry = rng.choice(self.plaintexts)
@@ -1102,7 +1225,7 @@ class Fuzzer:
             if deadline is not None and index % 256 == 0 and time.monotonic() >= deadline:
                 stopped_early = True
                 break
-            self.fuzz_frame(index)
+            self.fuzz_input(index)
             done = index - start + 1
             if progress and done % PROGRESS_EVERY == 0:
                 el = time.monotonic() - began
@@ -1119,6 +1242,7 @@ class Fuzzer:
             "start": start,
             "frames_requested": requested,
             "frames": st.frames,
+            "wire_frames_decoded": st.wire_frames,
             "stopped_early": stopped_early,
             "seconds_limit": seconds,
             "wall_s": round(wall, 3),
@@ -1128,12 +1252,12 @@ class Fuzzer:
             "decoded_ok": st.outcome["ok"],
             "incomplete": st.outcome["incomplete"],
             "rejected_by_code": {k: v for k, v in sorted(st.outcome.items())
-                                 if k not in ("ok", "incomplete", "unexpected")},
+                                 if k not in ("ok", "incomplete", FINDING)},
             "codes_all_targets": dict(sorted(st.codes.items())),
             "targets": {t: dict(sorted(c.items())) for t, c in sorted(st.targets.items())},
             "sampling": {
                 "frame_decoder_and_messages": 1.0,
-                "hello_and_params_sessions": "every decoded Hello / Params",
+                "sessions": "every decoded Hello, ParamsStart, ParamsChunk and other message",
                 "hello_fresh_session_fraction": HELLO_FRESH_FRACTION,
                 "tensors_fraction": TENSORS_FRACTION,
                 "restore_fraction": RESTORE_FRACTION,
@@ -1151,7 +1275,7 @@ def write_out(out: Path, summary: dict[str, Any], findings: Sequence[Finding]) -
     for i, f in enumerate(findings):
         (out / f"finding-{i}.bin").write_bytes(f.data)
         (out / f"finding-{i}.txt").write_text(
-            f"frame index {f.index} (replay: --seed {summary['seed']} --start {f.index} "
+            f"input index {f.index} (replay: --seed {summary['seed']} --start {f.index} "
             f"--frames 1)\ntarget {f.target}\n{f.type}: {f.repr}\ninput {f.data.hex()}\n\n"
             f"{f.traceback}"
         )
@@ -1160,23 +1284,25 @@ def write_out(out: Path, summary: dict[str, Any], findings: Sequence[Finding]) -
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=(
-            "Seeded mutation fuzzer for protocol/: mutates valid frames (Hello, Params, "
-            "ErrorMsg, PeersRequest, PeersResponse, random maps) at byte, structure and "
-            "semantic level and feeds them to FrameDecoder, from_wire, AveragingSession "
-            "(receive_hello, receive_params, receive), tensors.decode_params and "
-            "ReplayGuard.restore. Anything but a ProtocolError, or a broken invariant, is a "
-            "finding; exit status 1 if there was one. Decoder, messages and sessions run on "
-            f"every frame (a newly constructed session for {HELLO_FRESH_FRACTION:.0%} of "
-            f"Hellos, a copy of a template otherwise); decode_params on {TENSORS_FRACTION:.0%} "
-            f"and ReplayGuard.restore on 1/{round(1 / RESTORE_FRACTION)} of frames; "
-            f"{CONTROL_FRACTION:.0%} of frames go unmutated and must be accepted."
+            "Seeded mutation fuzzer for protocol/: mutates valid inputs (Hello frames, "
+            "ParamsStart+ParamsChunk streams, ErrorMsg, PeersRequest, PeersResponse, random "
+            "maps) at byte, structure, stream and semantic level and feeds them to "
+            "FrameDecoder, from_wire, AveragingSession (receive_hello, receive_params_start, "
+            "receive_chunk, receive), tensors.decode_params and ReplayGuard.restore. "
+            "Anything but a ProtocolError, or a broken invariant, is a finding; exit status 1 "
+            "if there was one. Decoder, messages and sessions run on every input (a newly "
+            f"constructed session for {HELLO_FRESH_FRACTION:.0%} of initiator Hellos, a copy "
+            f"of an unused template otherwise); decode_params on {TENSORS_FRACTION:.0%} and "
+            f"ReplayGuard.restore on 1/{round(1 / RESTORE_FRACTION)} of inputs; "
+            f"{CONTROL_FRACTION:.0%} of inputs go unmutated and must be accepted."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--frames", type=int, default=1_000_000, help="mutated frames to run")
+    p.add_argument("--frames", type=int, default=1_000_000,
+                   help="fuzz inputs to run (one frame, or a stream with a mutated frame)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corpus and the mutations")
     p.add_argument("--start", type=int, default=0,
-                   help="first frame index (with --frames 1, replays one reported frame)")
+                   help="first input index (with --frames 1, replays one reported input)")
     p.add_argument("--seconds", type=float, default=None,
                    help="wall-clock cap; stops early (and says so) when reached")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
