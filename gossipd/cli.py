@@ -1,7 +1,8 @@
 """`gossipctl`: talk to a running gossipd over its control socket.
 
-Exit status: 0 ok, 1 the daemon answered with an error, 3 the daemon cannot be reached (the
-message says which socket was tried and how to pick another).
+Exit status: 0 ok, 1 the daemon answered with an error (or `average-now` failed), 2 a usage or
+config error, 3 the daemon cannot be reached (the message says which socket was tried and how to
+pick another).
 """
 
 from __future__ import annotations
@@ -11,21 +12,32 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SOCKET = Path("/var/lib/gossipd/control.sock")
+# Under systemd the socket lives in RuntimeDirectory; a node run by hand uses its state_dir.
+DEFAULT_SOCKETS = (Path("/run/gossipd/control.sock"), Path("/var/lib/gossipd/control.sock"))
 TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 70.0  # the daemon gives a command 60 s
 
 EPILOG = """\
 examples:
   gossipctl status                       human-readable node status
   gossipctl status --json                the same as JSON, for scripts
-  gossipctl --socket ./n0/control.sock peers
-  GOSSIPD_SOCKET=./n0/control.sock gossipctl status
+  gossipctl peers                        peers with exchange counters, strikes and bans
+  gossipctl peers add /ip4/10.0.0.5/tcp/4001/p2p/12D3KooW...
+  gossipctl peers ban 12D3KooW... --for 600
+  gossipctl train pause                  stop local steps, keep averaging
+  gossipctl average-now                  one exchange right away
+  gossipctl checkpoint save
+  gossipctl config reload                re-read the config file (same as SIGHUP)
+  gossipctl metrics                      Prometheus text format
+  gossipctl --socket ./n0/control.sock status
 
-socket: --socket, else $GOSSIPD_SOCKET, else the socket of --config,
-        else /var/lib/gossipd/control.sock.
+socket: --socket, else $GOSSIPD_SOCKET, else the socket of --config, else
+        /run/gossipd/control.sock (systemd) or /var/lib/gossipd/control.sock.
+exit status: 0 ok, 1 the daemon reported an error, 2 usage, 3 daemon not reachable.
 """
 
 
@@ -94,7 +106,7 @@ def render_status(s: dict[str, Any]) -> str:
         f"peer id      {s['peer_id']}",
         *[f"listening    {a}" for a in s["listen_addrs"]],
         f"task         {s['task']}  shard {s['shard']} ({s['partition']})  "
-        f"averaging {'on' if s['averaging'] else 'off'}",
+        f"averaging {'on' if s['averaging'] else 'off'}   training {s.get('training', '-')}",
         f"step         {s['step']}   loss {_fmt(s['loss'])}   "
         f"test accuracy {_fmt(s['accuracy'])} (at step {_fmt(s['accuracy_step'])})",
         f"peers        {len(s['known_peers'])} known, {s['live_peers']} live",
@@ -112,13 +124,59 @@ def render_status(s: dict[str, Any]) -> str:
 def render_peers(peers: list[dict[str, Any]]) -> str:
     if not peers:
         return "no peers known yet"
-    rows = [f"{'peer id':<54} {'live':<5} {'ok':>6} {'failed':>7} {'strikes':>7}"]
+    rows = [f"{'peer id':<54} {'live':<5} {'ok':>6} {'failed':>7} {'strikes':>7}  banned"]
     for p in peers:
+        banned = "-" if not p.get("banned") else (
+            "yes" if p.get("banned_for_s") is None else f"{p['banned_for_s']:.0f} s")
         rows.append(
             f"{p['peer_id']:<54} {'yes' if p['live'] else 'no':<5} {p['exchanges_ok']:>6} "
-            f"{p['exchanges_failed']:>7} {p['strikes']:>7}"
+            f"{p['exchanges_failed']:>7} {p['strikes']:>7}  {banned}"
         )
     return "\n".join(rows)
+
+
+def render_checkpoints(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no checkpoints yet (gossipctl checkpoint save)"
+    rows = [f"{'step':>10}  {'saved (UTC)':<20} {'size':>10}  path"]
+    for c in items:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c["saved_at"]))
+        rows.append(f"{c['step']:>10}  {when:<20} {_human_bytes(c['size_bytes']):>10}  {c['path']}")
+    return "\n".join(rows)
+
+
+def render_result(command: str, result: Any) -> str:
+    """Readable text for each command's result (the JSON form is `--json`)."""
+    if command == "status":
+        return render_status(result)
+    if command == "peers":
+        return render_peers(result)
+    if command == "checkpoint.list":
+        return render_checkpoints(result)
+    if command == "checkpoint.save":
+        return f"saved step {result['step']} to {result['path']}"
+    if command == "config.show":
+        return "\n".join(f"{k} = {json.dumps(v)}" for k, v in result.items())
+    if command == "config.reload":
+        applied = ", ".join(result["applied"]) or "nothing changed"
+        text = f"applied: {applied}"
+        if result["needs_restart"]:
+            text += f"\nneeds a restart (systemctl restart gossipd): " \
+                    f"{', '.join(result['needs_restart'])}"
+        return text
+    if command == "metrics":
+        return str(result["text"]).rstrip("\n")
+    if command == "average-now":
+        if result["ok"]:
+            return f"averaged with {result['peer_id']}"
+        return f"exchange with {result['peer_id'] or '-'} failed: {result['error']}"
+    if command == "train":
+        return f"training {result['training']}"
+    if command == "log-level":
+        return f"log level {result['log_level']}"
+    if command.startswith("peers."):
+        return " ".join(f"{k} {v}" for k, v in result.items())
+    return json.dumps(result, indent=2)
 
 
 def _socket_from(args: argparse.Namespace) -> Path:
@@ -133,37 +191,97 @@ def _socket_from(args: argparse.Namespace) -> Path:
             return config_mod.load(Path(args.config)).node.socket_path
         except config_mod.ConfigError as exc:
             raise ControlError(f"gossipctl: {exc}", 2) from exc
-    return DEFAULT_SOCKET
+    for path in DEFAULT_SOCKETS:
+        if path.exists():
+            return path
+    return DEFAULT_SOCKETS[0]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The control command and its arguments for the parsed command line."""
+    cmd = args.command
+    if cmd == "peers":
+        action = args.action or "list"
+        if action == "list":
+            return "peers", {}
+        if action == "add":
+            return "peers.add", {"addr": args.target}
+        extra = {"seconds": args.seconds} if action == "ban" and args.seconds else {}
+        return f"peers.{action}", {"peer": args.target, **extra}
+    if cmd == "train":
+        return "train", {"action": args.action}
+    if cmd == "average-now":
+        return "average-now", {"peer": args.peer} if args.peer else {}
+    if cmd in ("checkpoint", "config"):
+        return f"{cmd}.{args.action}", {}
+    if cmd == "log-level":
+        return "log-level", {"level": args.level}
+    return cmd, {}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the daemon's answer as JSON (for scripts)")
     parser = argparse.ArgumentParser(
         prog="gossipctl",
         description="Control and inspect a running gossipd node over its Unix control socket.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     parser.add_argument("--socket", help="control socket path")
     parser.add_argument("--config", help="read the socket path from this gossipd config")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p_status = sub.add_parser("status", help="peer ID, addresses, training and exchange counters")
-    p_status.add_argument("--json", action="store_true", help="print JSON")
-    p_peers = sub.add_parser("peers", help="known peers with their exchange counters")
-    p_peers.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("status", parents=[common],
+                   help="peer ID, addresses, training and exchange counters")
+    p = sub.add_parser("peers", parents=[common], help="list, add, remove, ban or unban peers",
+                       description="Without an action: the peer table with exchange counters, "
+                       "strikes and bans.")
+    p.add_argument("action", nargs="?", choices=["list", "add", "remove", "ban", "unban"])
+    p.add_argument("target", nargs="?", metavar="ADDR|PEER",
+                   help="add: /ip4/HOST/tcp/PORT/p2p/PEER_ID; remove, ban, unban: a peer ID")
+    p.add_argument("--for", dest="seconds", type=float, metavar="SECONDS",
+                   help="ban: for this long (default: until unbanned)")
+    p = sub.add_parser("train", parents=[common], help="start, pause, resume or stop training",
+                       description="pause/resume: local training steps only (the node still "
+                       "averages). stop: pause and leave averaging; start: both back on.")
+    p.add_argument("action", choices=["start", "pause", "resume", "stop"])
+    p = sub.add_parser("average-now", parents=[common],
+                       help="one averaging exchange right away (random live peer or PEER)")
+    p.add_argument("peer", nargs="?", help="peer ID (default: a random live peer)")
+    p = sub.add_parser("checkpoint", parents=[common], help="save or list model checkpoints")
+    p.add_argument("action", choices=["save", "list"])
+    p = sub.add_parser("config", parents=[common],
+                       help="show the running config, or reload the file (like SIGHUP)")
+    p.add_argument("action", choices=["show", "reload"])
+    sub.add_parser("metrics", parents=[common], help="Prometheus metrics (text format)")
+    p = sub.add_parser("log-level", parents=[common], help="change the log level until restart")
+    p.add_argument("level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "peers":
+        needs_target = args.action in ("add", "remove", "ban", "unban")
+        if needs_target != (args.target is not None):
+            parser.error("peers add needs ADDR; remove, ban and unban need PEER; list takes none")
+    cmd, cmd_args = _request_of(args)
+    timeout = COMMAND_TIMEOUT_S if cmd == "average-now" else TIMEOUT_S
     try:
         path = _socket_from(args)
-        result = request(path, args.command)
+        result = request(path, cmd, timeout=timeout, **cmd_args)
     except ControlError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
-    elif args.command == "status":
-        print(render_status(result))
     else:
-        print(render_peers(result))
-    return 0
+        print(render_result(cmd, result))
+    # A command the daemon ran but that did not succeed (an exchange that failed) is exit 1.
+    return 1 if cmd == "average-now" and not result["ok"] else 0
 
 
 if __name__ == "__main__":

@@ -27,10 +27,15 @@ class NodeConfig:
     state_dir: Path = Path("/var/lib/gossipd")
     control_socket: Path | None = None  # default: <state_dir>/control.sock
     log_level: str = "info"
+    metrics_listen: str = ""  # "127.0.0.1:9464" serves GET /metrics there; "" = off
 
     @property
     def socket_path(self) -> Path:
         return self.control_socket or self.state_dir / "control.sock"
+
+
+def metrics_address(node: NodeConfig) -> tuple[str, int] | None:
+    return _host_port(node.metrics_listen) if node.metrics_listen else None
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,21 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
 }
 
+def _host_port(text: str) -> tuple[str, int] | None:
+    """'127.0.0.1:9464' / '[::1]:9464' -> (host, port), or None if it is not one."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
+def _loopback(hp: tuple[str, int] | None) -> bool:
+    # Metrics tell a lot about a node; scraping from elsewhere goes through a proxy the
+    # operator controls, never a listener gossipd opens to the network itself.
+    return hp is not None and (hp[0] in ("localhost", "::1") or hp[0].startswith("127."))
+
+
 def _parses(text: str) -> bool:
     try:
         Partition.parse(text)
@@ -114,6 +134,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v in ("debug", "info", "warning", "error"),
         "one of debug, info, warning, error",
     ),
+    "node.metrics_listen": (lambda v: v == "" or _loopback(_host_port(v)),
+                            "\"\" (off) or a loopback HOST:PORT like \"127.0.0.1:9464\""),
     "swarm.members": (lambda v: all(p.isalnum() and 20 <= len(p) <= 128 for p in v),
                       "a list of peer IDs like \"12D3KooW...\""),
     "network.dial_timeout_s": (lambda v: 0 < v <= 120, "a number of seconds in (0, 120]"),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import trio
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ from gossipd import config as config_mod
 from gossipd import discovery, exchange
 from gossipd.config import Config
 from gossipd.membership import Membership, check_member_ids, read_members_file
+from gossipd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gossipd.metrics import NodeMetrics, outcome_of, pair_distance
 from gossipd.netapi import Stream, Transport, TransportError
 from gossipd.peers import PeerTable
 from gossipd.runner import ModelRunner
@@ -85,15 +88,21 @@ class Node:
             spec=runner.trainer.spec,
             num_params=runner.trainer.num_params,
             snapshot=runner.snapshot,
-            apply_remote=runner.apply_remote,
+            apply_remote=self._apply_remote,
             swarm_key=self.membership.swarm_key,
             replay=replay,
         )
         self.started_at = trio.current_time()
+        self.metrics = NodeMetrics(transport.peer_id, config.train.task, runner.trainer.spec)
+        # `gossipctl train stop` takes the node out of averaging (both ways) and pauses training;
+        # `train start` brings both back. Pause/resume touch only training.
+        self.participating = True
 
     # -- inbound --
     def _admit(self, stream: Stream) -> bool:
-        """Every handler checks membership itself, whatever the transport did."""
+        """Every handler checks membership (and bans) itself, whatever the transport did."""
+        if self.peers.is_banned(stream.remote_peer, trio.current_time()):
+            return False
         if self.membership.allows(stream.remote_peer):
             return True
         self.membership.refuse(stream.remote_peer)
@@ -101,7 +110,8 @@ class Node:
 
     async def _on_avg_stream(self, stream: Stream) -> None:
         peer_id = stream.remote_peer
-        if not self._admit(stream) or not self.config.averaging.enabled:
+        if (not self._admit(stream) or not self.config.averaging.enabled
+                or not self.participating):
             await stream.reset()
             return
         self.peers.add(peer_id, [], trio.current_time())
@@ -120,13 +130,20 @@ class Node:
             self.config.network.dial_timeout_s,
         )
 
+    def _apply_remote(self, remote: np.ndarray, remote_step: int) -> None:
+        self.metrics.observe_mix(pair_distance(self.runner.params, remote))
+        self.runner.apply_remote(remote, remote_step)
+
     async def _counted(self, peer_id: str, attempt: Awaitable[object], *, served: bool) -> None:
         """Run one exchange; count its outcome for the node and the peer. Never raises for
         peer-caused failures: a protocol violation is a strike, a transport failure or timeout
         backs the peer off."""
+        role = "served" if served else "initiated"
+        t0 = trio.current_time()
         try:
             await attempt
         except (ProtocolError, exchange.PeerRefused, TransportError, trio.TooSlowError) as exc:
+            self.metrics.observe_exchange(role, outcome_of(exc), trio.current_time() - t0)
             if served:
                 self.stats.served_failed += 1
             else:
@@ -139,6 +156,7 @@ class Node:
             else:
                 log.info("exchange with %s failed: %s: %s", peer_id, type(exc).__name__, exc)
         else:
+            self.metrics.observe_exchange(role, "ok", trio.current_time() - t0)
             if served:
                 self.stats.served_ok += 1
             else:
@@ -159,12 +177,28 @@ class Node:
     async def _average_once(self, peer_id: str) -> None:
         await self._counted(peer_id, self._connect_and_initiate(peer_id), served=False)
 
+    async def average_now(self, peer_id: str | None = None) -> dict[str, Any]:
+        """One exchange right away, with `peer_id` or a random live peer; its outcome."""
+        if peer_id is None:
+            peer_id = self.peers.pick(trio.current_time())
+            if peer_id is None:
+                return {"ok": False, "peer_id": None, "error": "no live peer to average with"}
+        elif peer_id not in self.peers:
+            return {"ok": False, "peer_id": peer_id, "error": "unknown peer (gossipctl peers)"}
+        elif self.peers.is_banned(peer_id, trio.current_time()):
+            return {"ok": False, "peer_id": peer_id, "error": "peer is banned (gossipctl peers "
+                    "unban PEER)"}
+        before = self.stats.ok
+        await self._average_once(peer_id)
+        ok = self.stats.ok > before
+        return {"ok": ok, "peer_id": peer_id, "error": None if ok else self.stats.last_error}
+
     async def _averaging_loop(self) -> None:
         # Settings are read every round, so a reload takes effect at the next exchange.
         while True:
             interval = self.config.averaging.interval_s
             await trio.sleep(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
-            if not self.config.averaging.enabled:
+            if not self.config.averaging.enabled or not self.participating:
                 continue
             peer_id = self.peers.pick(trio.current_time())
             if peer_id is not None:
@@ -238,6 +272,8 @@ class Node:
             "shard": f"{self.config.train.shard_index}/{self.config.train.num_shards}",
             "partition": self.config.train.partition,
             "averaging": self.config.averaging.enabled,
+            "training": ("stopped" if not self.participating
+                         else "paused" if self.runner.paused else "running"),
             "membership": self.membership.mode,
             "refused_non_members": self.membership.refused,
             "step": train.step,
@@ -256,6 +292,14 @@ class Node:
             "bytes_received": self.stats.bytes.received,
         }
 
+    metrics_content_type = METRICS_CONTENT_TYPE
+
+    def render_metrics(self) -> str:
+        status = self.status()
+        status["strikes_total"] = self.peers.strikes_total()
+        self.metrics.update(status)
+        return self.metrics.render().decode()
+
     def params(self) -> dict[str, Any]:
         flat, step = self.runner.snapshot()
         return {
@@ -266,17 +310,11 @@ class Node:
             "data": base64.b64encode(flat.astype("<f4").tobytes()).decode(),
         }
 
-    def handlers(self) -> dict[str, Any]:
-        return {
-            "status": lambda _req: self.status(),
-            "params": lambda _req: self.params(),
-            "peers": lambda _req: self.peers.snapshot(trio.current_time()),
-        }
-
     async def run(
         self, control: trio.SocketListener | None,
         *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        from gossipd.commands import build_handlers
         from gossipd.control import serve_control
 
         self.transport.set_handler(AVG_PROTOCOL_ID, self._on_avg_stream)
@@ -287,5 +325,12 @@ class Node:
             nursery.start_soon(self._discovery_loop)
             nursery.start_soon(self._averaging_loop)
             if control is not None:
-                await nursery.start(serve_control, control, self.handlers())
+                await nursery.start(serve_control, control, build_handlers(self))
+            address = config_mod.metrics_address(self.config.node)
+            if address is not None:
+                from gossipd.metrics_http import serve_metrics
+
+                port = await nursery.start(serve_metrics, address[0], address[1],
+                                           lambda: self.render_metrics().encode())
+                log.info("metrics at http://%s:%d/metrics", address[0], port)
             task_status.started()

@@ -11,6 +11,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,9 +32,13 @@ class PeerEntry:
     exchanges_ok: int = 0
     exchanges_failed: int = 0
     strikes: int = 0
+    banned_until: float | None = None  # math.inf: until unbanned
+
+    def banned(self, now: float) -> bool:
+        return self.banned_until is not None and now < self.banned_until
 
     def available(self, now: float) -> bool:
-        return now >= self.retry_at
+        return now >= self.retry_at and not self.banned(now)
 
     def as_dict(self, now: float) -> dict[str, object]:
         return {
@@ -44,6 +49,9 @@ class PeerEntry:
             "exchanges_ok": self.exchanges_ok,
             "exchanges_failed": self.exchanges_failed,
             "strikes": self.strikes,
+            "banned": self.banned(now),
+            "banned_for_s": None if not self.banned(now) or self.banned_until is None
+            else (None if self.banned_until == math.inf else round(self.banned_until - now, 1)),
             "last_ok_age_s": None if self.last_ok is None else round(now - self.last_ok, 3),
         }
 
@@ -125,6 +133,29 @@ class PeerTable:
         entry.strikes += 1
         return entry.strikes
 
+    def remove(self, peer_id: str) -> bool:
+        return self._peers.pop(peer_id, None) is not None
+
+    def ban(self, peer_id: str, now: float, seconds: float | None) -> None:
+        """Refuse the peer (both ways) for `seconds`, or until unbanned when None. A banned
+        peer stays in the table so that the ban is remembered; it is never picked."""
+        entry = self._peers.get(peer_id)
+        if entry is None:
+            entry = PeerEntry(peer_id=peer_id, first_seen=now)
+            self._peers[peer_id] = entry  # bans are kept even over max_peers: they are few
+        entry.banned_until = math.inf if seconds is None else now + seconds
+
+    def unban(self, peer_id: str) -> bool:
+        entry = self._peers.get(peer_id)
+        if entry is None or entry.banned_until is None:
+            return False
+        entry.banned_until = None
+        return True
+
+    def is_banned(self, peer_id: str, now: float) -> bool:
+        entry = self._peers.get(peer_id)
+        return entry is not None and entry.banned(now)
+
     def pick(self, now: float) -> str | None:
         """A uniformly random peer that is not backed off, or None."""
         live = [p.peer_id for p in self._peers.values() if p.available(now)]
@@ -134,12 +165,16 @@ class PeerTable:
         live = [p.peer_id for p in self._peers.values() if p.available(now)]
         return self._rng.sample(live, min(k, len(live)))
 
+    def strikes_total(self) -> int:
+        return sum(p.strikes for p in self._peers.values())
+
     def known(self) -> list[str]:
         return sorted(self._peers)
 
     def records(self, exclude: str, limit: int) -> list[tuple[str, list[str]]]:
         """(peer_id, addrs) to tell another peer about: those we reached, then the rest."""
-        entries = [p for p in self._peers.values() if p.peer_id != exclude and p.addrs]
+        entries = [p for p in self._peers.values()
+                   if p.peer_id != exclude and p.addrs and p.banned_until is None]
         entries.sort(key=lambda p: (p.last_ok is None, p.failures))
         return [(p.peer_id, list(p.addrs)) for p in entries[:limit]]
 

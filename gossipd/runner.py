@@ -64,8 +64,28 @@ class ModelRunner:
         self._pending: list[np.ndarray] = []
         self._busy = False
         self._clock = clock
+        self._running = trio.Event()  # set while training runs; cleared by pause()
+        self._running.set()
+
+    # -- control (trio thread) --
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        """Stop taking steps after the current chunk; exchanges and mixing go on."""
+        if self._running.is_set():
+            self._running = trio.Event()
+
+    def resume(self) -> None:
+        self._running.set()
 
     # -- used by exchanges (trio thread) --
+    @property
+    def params(self) -> np.ndarray:
+        """The last completed parameters, not copied: read, never modify."""
+        return self._params
+
     def snapshot(self) -> tuple[np.ndarray, int]:
         return self._params.copy(), self.status.step
 
@@ -89,6 +109,9 @@ class ModelRunner:
         task_status.started()
         next_at = self._clock()
         while True:
+            if self.paused:
+                await self._running.wait()
+                next_at = self._clock()  # a pause is not a backlog to catch up on
             self._busy = True
             try:
                 state, loss = await trio.to_thread.run_sync(
