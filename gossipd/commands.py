@@ -15,6 +15,7 @@ Wire: the request is a JSON object with "cmd" and the command's arguments (gossi
   checkpoint.list
   config.show                 the running configuration, every key
   config.reload               read the config file again (like SIGHUP)
+  history       [since]       time series sampled every train.eval_interval_s (bounded)
   metrics                     Prometheus text format
   log-level     level         debug | info | warning | error (until restart or reload)
 
@@ -134,6 +135,12 @@ def build_handlers(node: Node) -> dict[str, Handler]:
         except (config_mod.ConfigError, MembershipError) as exc:
             raise ClientError(f"reload refused, running config unchanged: {exc}") from None
 
+    def history(req: dict[str, Any]) -> Any:
+        since = req.get("since", -1.0)
+        if isinstance(since, bool) or not isinstance(since, int | float):
+            raise ClientError("argument 'since' must be a number of seconds")
+        return node.history.since(float(since))
+
     def log_level(req: dict[str, Any]) -> Any:
         level = _str_arg(req, "level", LOG_LEVELS)
         logging.getLogger().setLevel(level.upper())
@@ -153,6 +160,7 @@ def build_handlers(node: Node) -> dict[str, Handler]:
         "checkpoint.list": checkpoint_list,
         "config.show": lambda _req: config_mod.flatten(node.config),
         "config.reload": config_reload,
+        "history": history,
         "metrics": lambda _req: {"content_type": node.metrics_content_type,
                                  "text": node.render_metrics()},
         "log-level": log_level,

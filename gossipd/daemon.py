@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 from gossipd import config as config_mod
 from gossipd import discovery, exchange
 from gossipd.config import Config
+from gossipd.history import History
 from gossipd.membership import Membership, check_member_ids, read_members_file
 from gossipd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gossipd.metrics import NodeMetrics, outcome_of, pair_distance
@@ -58,6 +59,11 @@ class ExchangeStats:
     served_failed: int = 0
     last_error: str | None = None
     bytes: exchange.ByteCounter = field(default_factory=exchange.ByteCounter)
+    seconds_ok: float = 0.0  # total duration of successful exchanges, both roles
+
+    def mean_seconds(self) -> float | None:
+        n = self.ok + self.served_ok
+        return round(self.seconds_ok / n, 4) if n else None
 
 
 class Node:
@@ -94,6 +100,7 @@ class Node:
         )
         self.started_at = trio.current_time()
         self.metrics = NodeMetrics(transport.peer_id, config.train.task, runner.trainer.spec)
+        self.history = History()
         # `gossipctl train stop` takes the node out of averaging (both ways) and pauses training;
         # `train start` brings both back. Pause/resume touch only training.
         self.participating = True
@@ -157,6 +164,7 @@ class Node:
                 log.info("exchange with %s failed: %s: %s", peer_id, type(exc).__name__, exc)
         else:
             self.metrics.observe_exchange(role, "ok", trio.current_time() - t0)
+            self.stats.seconds_ok += trio.current_time() - t0
             if served:
                 self.stats.served_ok += 1
             else:
@@ -203,6 +211,11 @@ class Node:
             peer_id = self.peers.pick(trio.current_time())
             if peer_id is not None:
                 await self._average_once(peer_id)
+
+    async def _history_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.train.eval_interval_s)
+            self.history.record(trio.current_time() - self.started_at, self.status())
 
     async def _discovery_loop(self) -> None:
         while True:
@@ -290,6 +303,8 @@ class Node:
             "last_error": self.stats.last_error,
             "bytes_sent": self.stats.bytes.sent,
             "bytes_received": self.stats.bytes.received,
+            "consensus_estimate": self.metrics.consensus_estimate,
+            "exchange_seconds_mean": self.stats.mean_seconds(),
         }
 
     metrics_content_type = METRICS_CONTENT_TYPE
@@ -324,6 +339,7 @@ class Node:
             await nursery.start(self.runner.run_evaluation)
             nursery.start_soon(self._discovery_loop)
             nursery.start_soon(self._averaging_loop)
+            nursery.start_soon(self._history_loop)
             if control is not None:
                 await nursery.start(serve_control, control, build_handlers(self))
             address = config_mod.metrics_address(self.config.node)

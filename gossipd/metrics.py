@@ -164,6 +164,11 @@ class NodeMetrics:
         self._exchanges.labels(role=role, outcome=outcome).inc()
         self._duration.labels(role=role).observe(max(0.0, seconds))
 
+    @property
+    def consensus_estimate(self) -> float | None:
+        """The EWMA of pair distances so far; None before the first mix."""
+        return self._consensus_ewma
+
     def observe_mix(self, distance: float) -> None:
         """Fold one pair_distance() into the consensus estimate; non-finite or negative
         values (an overflow, a bug) are ignored so they cannot poison the average."""

@@ -298,3 +298,22 @@ async def test_reload_applies_live_keys_and_reports_restart_keys(tmp_path: Any) 
         a.reload_from_file()
     assert a.config.averaging.interval_s == 2.0  # untouched by the failed reload
     assert "step 0" in a.status_line()
+
+
+async def test_history_is_sampled_and_bounded(autojump_clock: trio.testing.MockClock) -> None:
+    from gossipd.history import History
+
+    net = MemoryNetwork()
+    a = make_node(net, "a", 0.0)
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        await start(nursery, a)
+        await trio.sleep(5.5)  # eval_interval_s = 1.0 in make_node
+        nursery.cancel_scope.cancel()
+    samples = a.history.since()["samples"]
+    assert 4 <= len(samples) <= 6 and samples[-1]["step"] > samples[0]["step"]
+    assert a.history.since(samples[-2]["t"])["samples"] == samples[-1:]
+    small = History(max_samples=3)
+    for i in range(10):
+        small.record(float(i), {"step": i})
+    assert [s["step"] for s in small.since()["samples"]] == [7, 8, 9]
