@@ -33,6 +33,7 @@ examples:
   gossipctl checkpoint save
   gossipctl config reload                re-read the config file (same as SIGHUP)
   gossipctl metrics                      Prometheus text format
+  gossipctl dashboard                    the web dashboard's URL (node.dashboard_listen)
   gossipctl --socket ./n0/control.sock status
 
 socket: --socket, else $GOSSIPD_SOCKET, else the socket of --config, else
@@ -216,6 +217,8 @@ def _request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return f"{cmd}.{args.action}", {}
     if cmd == "log-level":
         return "log-level", {"level": args.level}
+    if cmd == "dashboard":
+        return "status", {}
     return cmd, {}
 
 
@@ -256,6 +259,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="show the running config, or reload the file (like SIGHUP)")
     p.add_argument("action", choices=["show", "reload"])
     sub.add_parser("metrics", parents=[common], help="Prometheus metrics (text format)")
+    sub.add_parser("dashboard", parents=[common], help="the URL of the node's web dashboard",
+                   description="Prints the dashboard URL (set node.dashboard_listen, e.g. "
+                   "\"127.0.0.1:8470\", to turn the dashboard on).")
     p = sub.add_parser("log-level", parents=[common], help="change the log level until restart")
     p.add_argument("level", choices=["debug", "info", "warning", "error"])
     return parser
@@ -276,6 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
+    if args.command == "dashboard":
+        url = result.get("dashboard_url")
+        if getattr(args, "json", False):
+            print(json.dumps({"url": url}))
+        elif url:
+            print(url)
+        else:
+            print("the dashboard is off: set node.dashboard_listen = \"127.0.0.1:8470\" in the "
+                  "config, then restart gossipd", file=sys.stderr)
+        return 0 if url else 1
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
     else:

@@ -16,6 +16,7 @@ Wire: the request is a JSON object with "cmd" and the command's arguments (gossi
   config.show                 the running configuration, every key
   config.reload               read the config file again (like SIGHUP)
   history       [since]       time series sampled every train.eval_interval_s (bounded)
+  evaluate      data          test accuracy of the given parameters (base64 float32)
   metrics                     Prometheus text format
   log-level     level         debug | info | warning | error (until restart or reload)
 
@@ -26,10 +27,12 @@ node's exchange deadlines; file I/O runs in a worker thread.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import trio
 
 from gossipd import checkpoint
@@ -135,6 +138,18 @@ def build_handlers(node: Node) -> dict[str, Handler]:
         except (config_mod.ConfigError, MembershipError) as exc:
             raise ClientError(f"reload refused, running config unchanged: {exc}") from None
 
+    async def evaluate(req: dict[str, Any]) -> Any:
+        data = _str_arg(req, "data")
+        try:
+            flat = np.frombuffer(base64.b64decode(data, validate=True), dtype="<f4")
+        except ValueError:
+            raise ClientError("argument 'data' must be base64 of little-endian float32") from None
+        if flat.size != node.model.num_params or not np.all(np.isfinite(flat)):
+            raise ClientError(f"expected {node.model.num_params} finite float32 parameters "
+                              f"({node.model.spec}), got {flat.size}")
+        accuracy = await trio.to_thread.run_sync(node.runner.trainer.evaluate, flat.copy())
+        return {"accuracy": accuracy}
+
     def history(req: dict[str, Any]) -> Any:
         since = req.get("since", -1.0)
         if isinstance(since, bool) or not isinstance(since, int | float):
@@ -161,6 +176,7 @@ def build_handlers(node: Node) -> dict[str, Handler]:
         "config.show": lambda _req: config_mod.flatten(node.config),
         "config.reload": config_reload,
         "history": history,
+        "evaluate": evaluate,
         "metrics": lambda _req: {"content_type": node.metrics_content_type,
                                  "text": node.render_metrics()},
         "log-level": log_level,

@@ -28,14 +28,16 @@ class NodeConfig:
     control_socket: Path | None = None  # default: <state_dir>/control.sock
     log_level: str = "info"
     metrics_listen: str = ""  # "127.0.0.1:9464" serves GET /metrics there; "" = off
+    dashboard_listen: str = ""  # "127.0.0.1:8470" serves the dashboard there; "" = off
 
     @property
     def socket_path(self) -> Path:
         return self.control_socket or self.state_dir / "control.sock"
 
 
-def metrics_address(node: NodeConfig) -> tuple[str, int] | None:
-    return _host_port(node.metrics_listen) if node.metrics_listen else None
+def listen_address(value: str) -> tuple[str, int] | None:
+    """node.metrics_listen / node.dashboard_listen -> (host, port), None when off."""
+    return _host_port(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "node.metrics_listen": (lambda v: v == "" or _loopback(_host_port(v)),
                             "\"\" (off) or a loopback HOST:PORT like \"127.0.0.1:9464\""),
+    "node.dashboard_listen": (lambda v: v == "" or _loopback(_host_port(v)),
+                              "\"\" (off) or a loopback HOST:PORT like \"127.0.0.1:8470\""),
     "swarm.members": (lambda v: all(p.isalnum() and 20 <= len(p) <= 128 for p in v),
                       "a list of peer IDs like \"12D3KooW...\""),
     "network.dial_timeout_s": (lambda v: 0 < v <= 120, "a number of seconds in (0, 120]"),

@@ -101,6 +101,7 @@ class Node:
         self.started_at = trio.current_time()
         self.metrics = NodeMetrics(transport.peer_id, config.train.task, runner.trainer.spec)
         self.history = History()
+        self.dashboard_url: str | None = None
         # `gossipctl train stop` takes the node out of averaging (both ways) and pauses training;
         # `train start` brings both back. Pause/resume touch only training.
         self.participating = True
@@ -281,6 +282,8 @@ class Node:
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),
             "task": self.config.train.task,
+            "device": self.runner.trainer.device,
+            "dashboard_url": self.dashboard_url,
             "spec": self.model.spec,
             "shard": f"{self.config.train.shard_index}/{self.config.train.num_shards}",
             "partition": self.config.train.partition,
@@ -342,11 +345,19 @@ class Node:
             nursery.start_soon(self._history_loop)
             if control is not None:
                 await nursery.start(serve_control, control, build_handlers(self))
-            address = config_mod.metrics_address(self.config.node)
+            address = config_mod.listen_address(self.config.node.metrics_listen)
             if address is not None:
                 from gossipd.metrics_http import serve_metrics
 
-                port = await nursery.start(serve_metrics, address[0], address[1],
-                                           lambda: self.render_metrics().encode())
-                log.info("metrics at http://%s:%d/metrics", address[0], port)
+                await nursery.start(serve_metrics, address[0], address[1],
+                                    lambda: self.render_metrics().encode())
+            address = config_mod.listen_address(self.config.node.dashboard_listen)
+            if address is not None:
+                from gossipd.dashboard import node_routes
+                from gossipd.metrics_http import serve_http
+
+                port = await nursery.start(
+                    lambda task_status: serve_http(*address, node_routes(self),
+                                                   what="dashboard", task_status=task_status))
+                self.dashboard_url = f"http://{address[0]}:{port}/"
             task_status.started()

@@ -1,11 +1,12 @@
-"""A minimal HTTP/1.1 endpoint for Prometheus scrapes: `GET /metrics`, nothing else.
+"""A minimal read-only HTTP/1.1 server: Prometheus scrapes (`GET /metrics`) and the dashboard.
 
 Rules:
-- Loopback only by default: the metrics name the peer ID and reveal training progress and
-  traffic, so exposing them beyond the machine is an explicit choice (`allow_remote=True`).
-- One request per connection (`Connection: close`), no request bodies, no keep-alive. The request
-  head is parsed by hand: with a single read-only route, only the request line matters and the
-  headers are read only to drain them. h11 would bring framing this endpoint never uses (bodies,
+- Loopback only by default: metrics and the dashboard name the peer ID and reveal training
+  progress and traffic, so exposing them beyond the machine is an explicit choice
+  (`allow_remote=True`).
+- GET only, one request per connection (`Connection: close`), no request bodies, no keep-alive.
+  The request head is parsed by hand: with read-only routes, only the request line matters and
+  the headers are read only to drain them. h11 would bring framing this endpoint never uses (bodies,
   keep-alive, pipelining) and is only a transitive dependency here, so it would need pinning of
   its own.
 - A client gets CLIENT_TIMEOUT_S for the whole exchange (request and response), a request head
@@ -49,6 +50,9 @@ class _BadRequest(Exception):
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large",
             500: "Internal Server Error"}
+
+# A route answers (content type, body) for the query string of a GET; ValueError -> 400.
+Route = Callable[[str], tuple[str, bytes]]
 
 
 def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
@@ -96,30 +100,37 @@ async def _read_head(stream: trio.SocketStream) -> bytes:
         buf += data
 
 
-def _route(head: bytes, render: Callable[[], bytes]) -> bytes:
+def _route(head: bytes, routes: dict[str, Route]) -> bytes:
     line = head.split(b"\n", 1)[0].rstrip(b"\r")
     parts = line.split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
         raise _BadRequest(400, "malformed request line")
-    method, target = parts[0], parts[1]
-    path = target.split(b"?", 1)[0]
-    if method != b"GET" or path != METRICS_PATH:
-        return _response(404, b"not found; metrics are at GET /metrics\n")
+    method, target = parts[0], parts[1].decode("ascii", "replace")
+    path, _, query = target.partition("?")
+    route = routes.get(path) if method == b"GET" else None
+    if route is None:
+        return _response(404, f"not found; served: GET {', '.join(sorted(routes))}\n".encode())
     try:
-        body = render()
-    except Exception:  # a collector bug answers 500 and is logged; it never stops the server
-        log.exception("rendering metrics failed")
-        return _response(500, b"rendering metrics failed; see the daemon log\n")
-    return _response(200, body, CONTENT_TYPE)
+        content_type, body = route(query)
+    except ValueError as exc:
+        return _response(400, f"{exc}\n".encode())
+    except Exception:  # a route bug answers 500 and is logged; it never stops the server
+        log.exception("route %s failed", path)
+        return _response(500, b"internal error; see the daemon log\n")
+    return _response(200, body, content_type)
 
 
-async def _client(stream: trio.SocketStream, render: Callable[[], bytes], timeout_s: float
+def metrics_routes(render: Callable[[], bytes]) -> dict[str, Route]:
+    return {METRICS_PATH.decode(): lambda _query: (CONTENT_TYPE, render())}
+
+
+async def _client(stream: trio.SocketStream, routes: dict[str, Route], timeout_s: float
                   ) -> None:
     async with stream:
         try:
             with trio.fail_after(timeout_s):
                 try:
-                    reply = _route(await _read_head(stream), render)
+                    reply = _route(await _read_head(stream), routes)
                 except _BadRequest as exc:
                     log.debug("metrics client: %s", exc)
                     reply = _response(exc.status, f"{exc}\n".encode())
@@ -142,6 +153,22 @@ async def serve_metrics(
 ) -> None:
     """Serve `render()` at GET /metrics on host:port until cancelled; reports the bound port
     through task_status (so port 0 picks a free one)."""
+    await serve_http(host, port, metrics_routes(render), allow_remote=allow_remote,
+                     client_timeout_s=client_timeout_s, task_status=task_status, what="metrics")
+
+
+async def serve_http(
+    host: str,
+    port: int,
+    routes: dict[str, Route],
+    *,
+    allow_remote: bool = False,
+    client_timeout_s: float = CLIENT_TIMEOUT_S,
+    task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    what: str = "http",
+) -> None:
+    """Serve `routes` (path -> Route) on host:port until cancelled; reports the bound port
+    through task_status."""
     family, address = _bind_address(host, allow_remote)
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -155,14 +182,14 @@ async def serve_metrics(
         raise
     listener = trio.SocketListener(sock)
     actual_port: int = sock.getsockname()[1]
-    log.info("metrics at http://%s:%d/metrics", f"[{address}]" if family == socket.AF_INET6
+    log.info("%s at http://%s:%d/", what, f"[{address}]" if family == socket.AF_INET6
              else address, actual_port)
     active = 0
 
     async def run_client(stream: trio.SocketStream) -> None:
         nonlocal active
         try:
-            await _client(stream, render, client_timeout_s)
+            await _client(stream, routes, client_timeout_s)
         finally:
             active -= 1
 

@@ -144,6 +144,8 @@ class Trainer:
         self.model = MLPSpec(hidden=hyper.hidden)
         self.spec = f"{task}/{self.model.fingerprint}/f32"
         self.num_params = self.model.num_params
+        # Where the arrays live: JAX picks the accelerator when it sees one, else the CPU.
+        self.device = str(jax.devices()[0])
         # Number of times run_steps has been traced (compiled); tests assert it stays 1.
         self.trace_count = 0
         self._shard_tag = _shard_tag(shard)

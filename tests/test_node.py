@@ -32,6 +32,7 @@ class FakeTrainer:
         self.value = value
         self.num_params = n
         self.spec = spec
+        self.device = "cpu (fake)"
 
     def init(self) -> FakeState:
         return FakeState(np.full(self.num_params, self.value, np.float32), 0)
