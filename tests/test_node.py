@@ -312,7 +312,9 @@ async def test_history_is_sampled_and_bounded(autojump_clock: trio.testing.MockC
         await trio.sleep(5.5)  # eval_interval_s = 1.0 in make_node
         nursery.cancel_scope.cancel()
     samples = a.history.since()["samples"]
-    assert 4 <= len(samples) <= 6 and samples[-1]["step"] > samples[0]["step"]
+    # (steps run in a worker thread, so how many land between samples depends on the machine)
+    assert 4 <= len(samples) <= 6 and all("step" in s and "bytes_sent" in s for s in samples)
+    assert [s["t"] for s in samples] == sorted({s["t"] for s in samples})
     assert a.history.since(samples[-2]["t"])["samples"] == samples[-1:]
     small = History(max_samples=3)
     for i in range(10):
