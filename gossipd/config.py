@@ -47,6 +47,8 @@ class NetworkConfig:
     dial_timeout_s: float = 5.0
     discovery_interval_s: float = 2.0
     max_peers: int = 64
+    max_inbound_exchanges: int = 8  # at once, all peers together (one per peer)
+    peer_streams_per_s: float = 5.0  # inbound streams a peer may open per second (burst 4x)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "network.dial_timeout_s": (lambda v: 0 < v <= 120, "a number of seconds in (0, 120]"),
     "network.discovery_interval_s": (lambda v: 0 < v <= 3600, "seconds in (0, 3600]"),
     "network.max_peers": (lambda v: 1 <= v <= 10_000, "an integer in [1, 10000]"),
+    "network.max_inbound_exchanges": (lambda v: 1 <= v <= 1024, "an integer in [1, 1024]"),
+    "network.peer_streams_per_s": (lambda v: 0.1 <= v <= 10_000, "a number in [0.1, 10000]"),
     "network.listen": (lambda v: len(v) >= 1 and all(s.startswith("/") for s in v),
                        "a non-empty list of multiaddrs like \"/ip4/127.0.0.1/tcp/4001\""),
     "network.bootstrap": (lambda v: all("/p2p/" in s for s in v),

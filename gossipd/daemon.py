@@ -36,6 +36,7 @@ from gossipd import config as config_mod
 from gossipd import discovery, exchange
 from gossipd.config import Config
 from gossipd.history import History
+from gossipd.limits import InboundLimits
 from gossipd.membership import Membership, check_member_ids, read_members_file
 from gossipd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gossipd.metrics import NodeMetrics, outcome_of, pair_distance
@@ -105,6 +106,9 @@ class Node:
         # `gossipctl train stop` takes the node out of averaging (both ways) and pauses training;
         # `train start` brings both back. Pause/resume touch only training.
         self.participating = True
+        self.limits = InboundLimits(max_exchanges=config.network.max_inbound_exchanges,
+                                    rate=config.network.peer_streams_per_s,
+                                    burst=4 * config.network.peer_streams_per_s)
 
     # -- inbound --
     def _admit(self, stream: Stream) -> bool:
@@ -119,18 +123,25 @@ class Node:
     async def _on_avg_stream(self, stream: Stream) -> None:
         peer_id = stream.remote_peer
         if (not self._admit(stream) or not self.config.averaging.enabled
-                or not self.participating):
+                or not self.participating
+                or not self.limits.allow_stream(peer_id, trio.current_time())
+                or not self.limits.start_exchange(peer_id)):
             await stream.reset()
             return
-        self.peers.add(peer_id, [], trio.current_time())
-        await self._counted(peer_id, exchange.respond(
-            self.transport, stream, self.model, self.config.averaging.timeout_s, self.stats.bytes,
-        ), served=True)
+        try:
+            self.peers.add(peer_id, [], trio.current_time())
+            await self._counted(peer_id, exchange.respond(
+                self.transport, stream, self.model, self.config.averaging.timeout_s,
+                self.stats.bytes,
+            ), served=True)
+        finally:
+            self.limits.finish_exchange(peer_id)
 
     async def _on_peers_stream(self, stream: Stream) -> None:
         # In a secret-only swarm, IDs prove nothing: peer lists go only to peers that proved
         # the secret in an averaging exchange (a newcomer averages with its bootstrap first).
-        if not self._admit(stream) or not self.membership.proven(stream.remote_peer):
+        if (not self._admit(stream) or not self.membership.proven(stream.remote_peer)
+                or not self.limits.allow_stream(stream.remote_peer, trio.current_time())):
             await stream.reset()
             return
         await discovery.serve(
@@ -292,6 +303,7 @@ class Node:
                          else "paused" if self.runner.paused else "running"),
             "membership": self.membership.mode,
             "refused_non_members": self.membership.refused,
+            "refused_busy": dict(self.limits.refused),
             "step": train.step,
             "loss": train.loss,
             "accuracy": train.accuracy,
