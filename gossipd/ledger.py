@@ -1,0 +1,245 @@
+"""The provenance ledger: an append-only, hash-chained, signed log in `<state_dir>/ledger.bin`.
+
+Record layout on disk (all integers big-endian):
+
+    u32(len(body)) || body || hash[32] || sig[64]
+    body = msgpack {"seq": int, "prev": bin[32], "kind": str, "time_ms": int, "data": map}
+    hash = BLAKE2b-256(person="gossipd/ledger\\0\\0", data=prev || body)
+    sig  = Ed25519 signature of the node's identity key over hash
+
+Rules:
+- Record 0 is `genesis` (prev = 32 zero bytes) and names the node; every later record's `prev`
+  is the previous record's hash and its `seq` is one more. Changing, removing, reordering or
+  inserting a record breaks a link or a signature; `verify_file` names the first bad record.
+- Appends are whole records written with one write to an O_APPEND descriptor and fsync'd. A
+  crash mid-append leaves a torn tail, which `open()` detects (short read, bad hash) and cuts
+  off: only that record is lost, never an earlier one.
+- Kinds: genesis, receipt (an exchange receipt signed by both peers: protocol/receipt.py),
+  checkpoint (parameter hash and step), data (hash of the local data set and task config),
+  peer-head (a peer's ledger head as the peer itself signed it).
+- Blocking file I/O: the daemon calls append from a worker thread or accepts ~1 ms per record
+  (one small write + fsync); reads happen at start and for `gossipctl provenance`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from protocol.crypto import (
+    ed25519_public_key_from_peer_id,
+    public_key_from_seed,
+    sign,
+    verify,
+)
+from protocol.errors import AuthenticationError, ProtocolError
+from protocol.framing import safe_unpackb
+
+FILE_NAME = "ledger.bin"
+PERSON = b"gossipd/ledger\x00\x00"
+ZERO = bytes(32)
+KINDS = ("genesis", "receipt", "checkpoint", "data", "peer-head")
+MAX_BODY = 64 * 1024
+_LEN = struct.Struct(">I")
+_TAIL = 32 + 64
+
+
+class LedgerError(Exception):
+    """A ledger that does not verify; the message names the record and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    prev: bytes
+    kind: str
+    time_ms: int
+    data: dict[str, Any]
+    hash: bytes
+    sig: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "prev": self.prev.hex(), "kind": self.kind,
+                "time_ms": self.time_ms, "data": _hexify(self.data), "hash": self.hash.hex()}
+
+
+def _hexify(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _hexify(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hexify(v) for v in value]
+    return value
+
+
+def record_hash(prev: bytes, body: bytes) -> bytes:
+    return hashlib.blake2b(prev + body, digest_size=32, person=PERSON).digest()
+
+
+def encode_record(seed: bytes, seq: int, prev: bytes, kind: str, time_ms: int,
+                  data: dict[str, Any]) -> tuple[bytes, Record]:
+    """The bytes to append for one new record, and the record."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown ledger record kind {kind!r}")
+    body: bytes = msgpack.packb({"seq": seq, "prev": prev, "kind": kind, "time_ms": time_ms,
+                                 "data": data}, use_bin_type=True)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"ledger record of {len(body)} bytes exceeds {MAX_BODY}")
+    h = record_hash(prev, body)
+    sig = sign(seed, h)
+    return _LEN.pack(len(body)) + body + h + sig, Record(seq, prev, kind, time_ms, data, h, sig)
+
+
+def _decode_body(body: bytes, where: str) -> tuple[int, bytes, str, int, dict[str, Any]]:
+    try:
+        obj = safe_unpackb(body)
+    except ProtocolError as exc:
+        raise LedgerError(f"{where}: undecodable body: {exc}") from None
+    if not isinstance(obj, dict):
+        raise LedgerError(f"{where}: body is not a map")
+    seq, prev, kind = obj.get("seq"), obj.get("prev"), obj.get("kind")
+    time_ms, data = obj.get("time_ms"), obj.get("data")
+    if (not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(prev, bytes)
+            or len(prev) != 32 or kind not in KINDS or not isinstance(time_ms, int)
+            or not isinstance(data, dict)):
+        raise LedgerError(f"{where}: malformed record fields")
+    return seq, prev, str(kind), time_ms, data
+
+
+def iter_records(blob: bytes) -> Iterator[tuple[int, int, Record | None]]:
+    """(offset, end, record) for each whole record; (offset, end, None) where a damaged or
+    torn record starts (nothing after it is trusted)."""
+    pos = 0
+    while pos < len(blob):
+        if pos + _LEN.size > len(blob):
+            yield pos, len(blob), None
+            return
+        (n,) = _LEN.unpack_from(blob, pos)
+        end = pos + _LEN.size + n + _TAIL
+        if n > MAX_BODY or end > len(blob):
+            yield pos, len(blob), None
+            return
+        body = blob[pos + _LEN.size : pos + _LEN.size + n]
+        h = blob[pos + _LEN.size + n : pos + _LEN.size + n + 32]
+        sig = blob[end - 64 : end]
+        try:
+            seq, prev, kind, time_ms, data = _decode_body(body, f"record at byte {pos}")
+        except LedgerError:
+            yield pos, end, None
+            return
+        if record_hash(prev, body) != h:
+            yield pos, end, None
+            return
+        yield pos, end, Record(seq, prev, kind, time_ms, data, h, sig)
+        pos = end
+
+
+def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) -> None:
+    """Links, sequence numbers and signatures of a whole ledger, genesis first; LedgerError
+    naming the first record that fails. The signer is the peer named in genesis (or
+    `peer_id_bytes` when given, which genesis must then match)."""
+    from protocol.receipt import verify_receipt
+
+    if not records:
+        raise LedgerError("empty ledger: no genesis record")
+    genesis = records[0]
+    if genesis.kind != "genesis" or genesis.seq != 0 or genesis.prev != ZERO:
+        raise LedgerError("record 0 is not a genesis record")
+    owner = genesis.data.get("peer_id")
+    if not isinstance(owner, bytes) or (peer_id_bytes is not None and owner != peer_id_bytes):
+        raise LedgerError("genesis does not name this ledger's owner")
+    try:
+        key = ed25519_public_key_from_peer_id(owner)
+    except AuthenticationError as exc:
+        raise LedgerError(f"genesis names an unusable peer ID: {exc}") from None
+    prev = ZERO
+    for i, rec in enumerate(records):
+        if rec.seq != i:
+            raise LedgerError(f"record {i}: sequence number {rec.seq} (removed or reordered)")
+        if rec.prev != prev:
+            raise LedgerError(f"record {i}: does not link to record {i - 1}")
+        try:
+            verify(key, rec.hash, rec.sig)
+        except AuthenticationError:
+            raise LedgerError(f"record {i}: bad signature (forged or altered)") from None
+        if rec.kind == "receipt":
+            try:
+                verify_receipt(rec.data)
+            except ProtocolError as exc:
+                raise LedgerError(f"record {i}: receipt does not verify: {exc}") from None
+        prev = rec.hash
+
+
+def verify_file(path: Path) -> list[Record]:
+    """Read and verify an exported or live ledger file. A torn tail is an error here: an
+    exported ledger must be whole."""
+    blob = path.read_bytes()
+    records: list[Record] = []
+    for offset, _end, rec in iter_records(blob):
+        if rec is None:
+            raise LedgerError(f"{path}: damaged or truncated record at byte {offset}")
+        records.append(rec)
+    verify_records(records)
+    return records
+
+
+class Ledger:
+    """This node's ledger: opened (and repaired) at start, appended to as the node works."""
+
+    def __init__(self, path: Path, seed: bytes, peer_id_bytes: bytes) -> None:
+        self.path = path
+        self._seed = seed
+        self.peer_id_bytes = peer_id_bytes
+        if public_key_from_seed(seed) != ed25519_public_key_from_peer_id(peer_id_bytes):
+            raise ValueError("ledger seed does not belong to the peer ID")
+        blob = path.read_bytes() if path.exists() else b""
+        self.records: list[Record] = []
+        good = 0
+        for _offset, end, rec in iter_records(blob):
+            if rec is None:
+                break
+            self.records.append(rec)
+            good = end
+        self.dropped_bytes = len(blob) - good
+        if self.dropped_bytes:
+            with open(path, "r+b") as f:  # cut the torn tail: only that record is lost
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+        if self.records:
+            verify_records(self.records, peer_id_bytes)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if not self.records:
+            self.append("genesis", {"peer_id": peer_id_bytes})
+
+    @property
+    def head(self) -> tuple[int, bytes]:
+        last = self.records[-1]
+        return last.seq, last.hash
+
+    def append(self, kind: str, data: dict[str, Any], time_ms: int | None = None) -> Record:
+        seq, prev = (self.records[-1].seq + 1, self.records[-1].hash) if self.records \
+            else (0, ZERO)
+        now = time.time_ns() // 1_000_000 if time_ms is None else time_ms
+        raw, rec = encode_record(self._seed, seq, prev, kind, now, data)
+        os.write(self._fd, raw)
+        os.fsync(self._fd)
+        self.records.append(rec)
+        return rec
+
+    def export(self) -> bytes:
+        return self.path.read_bytes()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
