@@ -243,6 +243,8 @@ class Node:
         restart, without applying any of them. Raises MembershipError for an unusable member
         list, leaving everything as it was."""
         applied, restart = config_mod.changes(self.config, new)
+        if restart:  # the operator asked for it and will not get it: a warning
+            log.warning("reload: needs a restart to apply: %s", ", ".join(restart))
         if not applied:
             return {"applied": [], "needs_restart": restart}
         if {"swarm.members", "swarm.members_file"} & set(applied):
@@ -261,8 +263,7 @@ class Node:
         self.runner.weight = self.config.averaging.weight
         self.runner.eval_interval_s = self.config.train.eval_interval_s
         logging.getLogger().setLevel(self.config.node.log_level.upper())
-        log.info("reloaded: %s%s", ", ".join(applied),
-                 f"; needs a restart: {', '.join(restart)}" if restart else "")
+        log.info("reloaded: %s", ", ".join(applied))
         return {"applied": applied, "needs_restart": restart}
 
     def reload_from_file(self) -> dict[str, list[str]]:

@@ -3,6 +3,11 @@
 Rules:
 - The file is created once, atomically, with mode 0600; it is never rewritten.
 - A key file readable by group or others is refused (like ssh does), with the fix named.
+- Under systemd the key arrives as a credential (LoadCredential=identity.key:..., see systemd/):
+  $CREDENTIALS_DIRECTORY/identity.key, when present, is used as is and never created or written
+  (refused only if others can read it: systemd grants access with an ACL that shows as group bits);
+  the service user then cannot read the key's source file at all. Otherwise the key lives in
+  state_dir/identity.key as above.
 - The same seed drives the libp2p host key and the signatures of the averaging handshake, so the
   peer ID that Noise authenticates is the key that signs exchange transcripts.
 """
@@ -11,11 +16,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from protocol.crypto import peer_id_from_ed25519_public_key, public_key_from_seed
 
 KEY_FILE_NAME = "identity.key"
+CREDENTIAL_NAME = "identity.key"
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 SEED_BYTES = 32
 
@@ -32,7 +39,44 @@ def load_or_create_seed(state_dir: Path) -> bytes:
         info = path.stat()
     except FileNotFoundError:
         return _create(path)
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    return _read(path, info)
+
+
+def credential_key_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """$CREDENTIALS_DIRECTORY/identity.key if systemd passed the key as a credential."""
+    env = os.environ if environ is None else environ
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / CREDENTIAL_NAME
+    return path if path.is_file() else None
+
+
+def load_seed(state_dir: Path, environ: Mapping[str, str] | None = None) -> tuple[bytes, Path]:
+    """The node's seed and where it came from: the systemd credential if there is one, else
+    state_dir/identity.key (created on first start). The state directory is created either way
+    (the replay table lives there)."""
+    credential = credential_key_path(environ)
+    if credential is None:
+        return load_or_create_seed(state_dir), state_dir / KEY_FILE_NAME
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # systemd grants the service user read access to a credential with a POSIX ACL, whose mask
+    # shows in the group bits of the mode; only access by others is a misconfiguration there.
+    return _read(credential, credential.stat(), stat.S_IRWXO), credential
+
+
+def create_key_file(path: Path) -> bytes:
+    """Create a new identity key at `path` (0600); refuses to replace an existing file, since
+    that would silently give the node a new peer ID."""
+    if path.exists() or path.is_symlink():
+        raise IdentityError(f"{path} already exists; a node's key is never replaced")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return _create(path)
+
+
+def _read(path: Path, info: os.stat_result,
+          forbidden: int = stat.S_IRWXG | stat.S_IRWXO) -> bytes:
+    if info.st_mode & forbidden:
         raise IdentityError(
             f"identity key {path} is accessible by other users (mode "
             f"{stat.S_IMODE(info.st_mode):04o}); fix with: chmod 600 {path}"

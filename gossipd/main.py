@@ -6,6 +6,11 @@ the key and what was expected), 1 for any other start-up failure (message says w
 Start order matters for readiness: identity -> trainer (JAX import, data shard) -> libp2p host ->
 control socket. A client that can talk to the control socket therefore talks to a node that is
 listening for peers and training.
+
+Under systemd (Type=notify, see systemd/): READY=1 goes out only after all of that, STATUS= carries
+Node.status_line() every few seconds, WATCHDOG=1 is sent from the event loop itself (so a stalled
+loop gets the node restarted), STOPPING=1 on SIGTERM/SIGINT. SIGHUP reloads the config file
+(RELOADING=1 ... READY=1 around it); a bad file is logged and the running config is kept.
 """
 
 from __future__ import annotations
@@ -16,13 +21,19 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from gossipd import config as config_mod
-from gossipd.identity import IdentityError, load_or_create_seed, peer_id_for_seed
+from gossipd.identity import IdentityError, create_key_file, load_seed, peer_id_for_seed
+from gossipd.logs import reclaim_library_loggers, setup_logging
 from gossipd.membership import Membership, MembershipError
 from gossipd.membership import build as build_membership
+from gossipd.sdnotify import Notifier, watchdog_interval
+
+if TYPE_CHECKING:
+    from gossipd.daemon import Node
 
 log = logging.getLogger("gossipd")
 
@@ -30,24 +41,16 @@ EPILOG = """\
 examples:
   gossipd --config /etc/gossipd/gossipd.toml      run a node (systemd does this for you)
   gossipd --config node.toml --check              validate a config file and exit
+  gossipd --new-key /etc/gossipd/identity.key     create a node key (systemd LoadCredential=)
   gossipctl status                                ask a running node how it is doing
 
 config: TOML with sections [node] [network] [averaging] [train]; see README.md for every key.
+signals: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the config file (peers, intervals, log level).
 exit status: 0 clean stop, 1 start-up failure, 2 config error.
 """
 
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # py-libp2p logs routine dial failures at ERROR and some warnings on the root logger;
-    # the daemon reports those failures itself, once, with the peer named.
-    libp2p_level = logging.DEBUG if level == "debug" else logging.CRITICAL
-    for name in ("libp2p", "multiaddr", "async_service", "jax", "absl"):
-        logging.getLogger(name).setLevel(max(libp2p_level, logging.getLogger().level))
+# How often STATUS= is refreshed for `systemctl status`.
+STATUS_INTERVAL_S = 5.0
 
 
 def _build_trainer(cfg: config_mod.Config) -> object:
@@ -72,7 +75,41 @@ def _build_trainer(cfg: config_mod.Config) -> object:
     return Trainer(t.task, shard, hyper, t.seed)
 
 
-async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership) -> None:
+def _reload(node: Node, notifier: Notifier) -> None:
+    """SIGHUP: apply the config file again. Never stops the node: a file that does not load or
+    validate is logged as an error and the running config stays."""
+    notifier.reloading()
+    try:
+        result = node.reload_from_file()
+    except (config_mod.ConfigError, MembershipError) as exc:
+        log.error("reload: %s; keeping the running config", exc)
+    except Exception:
+        log.exception("reload failed; keeping the running config")
+    else:
+        if not result["applied"] and not result["needs_restart"]:
+            log.info("reload of %s: nothing changed", node.config_path)
+    notifier.ready(node.status_line())
+
+
+async def _report(node: Node, notifier: Notifier, watchdog_s: float | None) -> None:
+    """STATUS= every few seconds and, with a watchdog, WATCHDOG=1 at half its timeout. Both run
+    on the event loop, so a loop that stops running also stops the pings."""
+    ping = None if watchdog_s is None else watchdog_s / 2
+    next_status = trio.current_time() + STATUS_INTERVAL_S
+    next_ping = trio.current_time()
+    while True:
+        now = trio.current_time()
+        if ping is not None and now >= next_ping:
+            notifier.watchdog()
+            next_ping = now + ping
+        if now >= next_status:
+            notifier.status(node.status_line())
+            next_status = now + STATUS_INTERVAL_S
+        await trio.sleep_until(min(next_status, next_ping) if ping is not None else next_status)
+
+
+async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership,
+               config_path: Path | None = None, notifier: Notifier | None = None) -> None:
     from gossipd.control import bind_control_socket, remove_socket
     from gossipd.daemon import Node
     from gossipd.exchange import wall_clock_ms
@@ -80,6 +117,8 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership) -> N
     from gossipd.runner import ModelRunner
     from gossipd.transport import open_transport
 
+    reclaim_library_loggers()  # importing libp2p detached its logger; see gossipd/logs.py
+    notifier = notifier or Notifier({})
     trainer = _build_trainer(cfg)
     runner = ModelRunner(
         trainer,  # type: ignore[arg-type]
@@ -89,7 +128,7 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership) -> N
     replay = ReplayLog(cfg.node.state_dir / FILE_NAME,
                        int(cfg.averaging.replay_window_s * 1000), wall_clock_ms())
     log.info("replay table: %d exchange id(s) restored from %s", replay.restored, replay.path)
-    signals_ctx = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+    signals_ctx = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     with contextlib.closing(replay), signals_ctx as signals:
         async with open_transport(
             seed, cfg.network.listen, membership.allows, membership.refuse
@@ -102,11 +141,17 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership) -> N
             try:
                 async with trio.open_nursery() as nursery:
                     node = Node(cfg, transport, runner, seed, membership=membership,
-                                replay=replay)
+                                replay=replay, config_path=config_path)
                     await nursery.start(node.run, listener)
                     log.info("control socket %s; node ready", socket_path)
+                    notifier.ready(node.status_line())
+                    nursery.start_soon(_report, node, notifier, watchdog_interval())
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            _reload(node, notifier)
+                            continue
                         log.info("received %s, stopping", signal.Signals(signum).name)
+                        notifier.stopping()
                         nursery.cancel_scope.cancel()
                         break
             finally:
@@ -140,23 +185,40 @@ def main(argv: list[str] | None = None) -> int:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, type=Path, help="path of the TOML config")
+    parser.add_argument("--config", type=Path, help="path of the TOML config (required)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument("--new-key", type=Path, metavar="PATH",
+                        help="create a new identity key file (mode 0600), print its peer ID and "
+                        "exit; never replaces an existing file")
     args = parser.parse_args(argv)
+    if args.new_key is not None:
+        try:
+            seed = create_key_file(args.new_key)
+        except (IdentityError, OSError) as exc:
+            print(f"gossipd: {exc}", file=sys.stderr)
+            return 1
+        print(peer_id_for_seed(seed))
+        return 0
+    if args.config is None:
+        parser.error("--config is required")
+    notifier = Notifier()
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
         print(f"gossipd: {exc}", file=sys.stderr)
+        notifier.status(f"config error: {exc}")
         return 2
     if args.check:
         print(f"gossipd: {args.config} is valid")
         return 0
-    _setup_logging(cfg.node.log_level)
+    setup_logging(cfg.node.log_level)
     try:
-        seed = load_or_create_seed(cfg.node.state_dir)
+        seed, key_path = load_seed(cfg.node.state_dir)
     except (IdentityError, OSError) as exc:
         print(f"gossipd: {exc}", file=sys.stderr)
+        notifier.status(f"start-up failed: {exc}")
         return 1
+    log.info("identity key %s", key_path)
     try:
         membership = build_membership(
             cfg.swarm.open, cfg.swarm.members, cfg.swarm.members_file, cfg.swarm.secret_file,
@@ -164,9 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except MembershipError as exc:
         print(f"gossipd: {exc}", file=sys.stderr)
+        notifier.status(f"config error: {exc}")
         return 2
+    # A reload request before the node runs has nothing to reload, and SIGHUP's default action
+    # would kill the process; the node's own signal receiver takes over once it runs.
+    previous_sighup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        trio.run(_run, cfg, seed, membership)
+        trio.run(_run, cfg, seed, membership, args.config, notifier)
     except KeyboardInterrupt:  # a second Ctrl-C before the signal receiver existed
         return 130
     except Exception as exc:
@@ -174,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         if problem is None:
             raise
         print(f"gossipd: {problem}", file=sys.stderr)
+        notifier.status(f"start-up failed: {problem}")
         return 1
+    finally:
+        notifier.close()
+        signal.signal(signal.SIGHUP, previous_sighup)
     return 0
 
 

@@ -320,3 +320,20 @@ async def test_history_is_sampled_and_bounded(autojump_clock: trio.testing.MockC
     for i in range(10):
         small.record(float(i), {"step": i})
     assert [s["step"] for s in small.since()["samples"]] == [7, 8, 9]
+
+
+async def test_reload_logs_applied_keys_and_warns_about_restart_keys(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+    import logging
+
+    net = MemoryNetwork()
+    a = make_node(net, "a", 0.0)
+    new = dataclasses.replace(
+        a.config, averaging=dataclasses.replace(a.config.averaging, interval_s=3.0),
+        train=dataclasses.replace(a.config.train, task="digits-mlp", hidden=32))
+    with caplog.at_level(logging.INFO, logger="gossipd.node"):
+        a.reload(new)
+    levels = {r.getMessage(): r.levelno for r in caplog.records}
+    assert levels["reloaded: averaging.interval_s"] == logging.INFO
+    assert levels["reload: needs a restart to apply: train.hidden"] == logging.WARNING
