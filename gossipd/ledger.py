@@ -4,13 +4,16 @@ Record layout on disk (all integers big-endian):
 
     u32(len(body)) || body || hash[32] || sig[64]
     body = msgpack {"seq": int, "prev": bin[32], "kind": str, "time_ms": int, "data": map}
-    hash = BLAKE2b-256(person="gossipd/ledger\\0\\0", data=prev || body)
+    hash = BLAKE2b-256(person="gossipd/ledger\\0\\0", data=prev || BLAKE2b-256(body))
     sig  = Ed25519 signature of the node's identity key over hash
 
 Rules:
 - Record 0 is `genesis` (prev = 32 zero bytes) and names the node; every later record's `prev`
   is the previous record's hash and its `seq` is one more. Changing, removing, reordering or
   inserting a record breaks a link or a signature; `verify_file` names the first bad record.
+- Hashing the body's digest rather than the body lets a node prove to a peer that its ledger
+  only grew since the head the peer last saw: it sends the body digests of the newer records and
+  the peer folds them onto the old head (`fold`); a rewritten history cannot reach the new head.
 - Appends are whole records written with one write to an O_APPEND descriptor and fsync'd. A
   crash mid-append leaves a torn tail, which `open()` detects (short read, bad hash) and cuts
   off: only that record is lost, never an earlier one.
@@ -65,6 +68,7 @@ class Record:
     data: dict[str, Any]
     hash: bytes
     sig: bytes
+    digest: bytes  # BLAKE2b-256 of the body
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "prev": self.prev.hex(), "kind": self.kind,
@@ -81,8 +85,23 @@ def _hexify(value: Any) -> Any:
     return value
 
 
+def body_digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=32).digest()
+
+
+def link(prev: bytes, digest: bytes) -> bytes:
+    return hashlib.blake2b(prev + digest, digest_size=32, person=PERSON).digest()
+
+
 def record_hash(prev: bytes, body: bytes) -> bytes:
-    return hashlib.blake2b(prev + body, digest_size=32, person=PERSON).digest()
+    return link(prev, body_digest(body))
+
+
+def fold(head: bytes, digests: list[bytes]) -> bytes:
+    """The head a ledger at `head` reaches after records with these body digests."""
+    for d in digests:
+        head = link(head, d)
+    return head
 
 
 def encode_record(seed: bytes, seq: int, prev: bytes, kind: str, time_ms: int,
@@ -96,7 +115,8 @@ def encode_record(seed: bytes, seq: int, prev: bytes, kind: str, time_ms: int,
         raise ValueError(f"ledger record of {len(body)} bytes exceeds {MAX_BODY}")
     h = record_hash(prev, body)
     sig = sign(seed, h)
-    return _LEN.pack(len(body)) + body + h + sig, Record(seq, prev, kind, time_ms, data, h, sig)
+    return (_LEN.pack(len(body)) + body + h + sig,
+            Record(seq, prev, kind, time_ms, data, h, sig, body_digest(body)))
 
 
 def _decode_body(body: bytes, where: str) -> tuple[int, bytes, str, int, dict[str, Any]]:
@@ -139,7 +159,7 @@ def iter_records(blob: bytes) -> Iterator[tuple[int, int, Record | None]]:
         if record_hash(prev, body) != h:
             yield pos, end, None
             return
-        yield pos, end, Record(seq, prev, kind, time_ms, data, h, sig)
+        yield pos, end, Record(seq, prev, kind, time_ms, data, h, sig, body_digest(body))
         pos = end
 
 
@@ -235,6 +255,12 @@ class Ledger:
         os.fsync(self._fd)
         self.records.append(rec)
         return rec
+
+    def digests_since(self, seq: int, limit: int = 4096) -> list[bytes] | None:
+        """Body digests of the records after `seq` (what a peer that saw our head at `seq`
+        needs to check we only appended since); None if that is more than `limit`."""
+        newer = self.records[seq + 1 :] if seq >= 0 else self.records
+        return None if len(newer) > limit else [r.digest for r in newer]
 
     def export(self) -> bytes:
         return self.path.read_bytes()

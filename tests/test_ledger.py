@@ -119,3 +119,19 @@ def test_receipts_need_both_signatures() -> None:
         verify_receipt({**good, "body": good["body"][:-1]})
     with pytest.raises(DecodeError):
         ReceiptBody.from_bytes(b"junk" + struct.pack(">Q", 1))
+
+
+def test_digests_prove_append_only_growth(tmp_path: Path) -> None:
+    from gossipd.ledger import fold
+
+    ledger = build(tmp_path / "ledger.bin")
+    seen_seq, seen_head = ledger.records[1].seq, ledger.records[1].hash
+    ledger.append("checkpoint", {"params_hash": b"\x66" * 32, "step": 300})
+    digests = ledger.digests_since(seen_seq)
+    assert digests is not None and len(digests) == 3
+    assert fold(seen_head, digests) == ledger.head[1]
+    # a node that rewrote record 2 cannot reach its new head from what the peer saw
+    rewritten = list(digests)
+    rewritten[0] = bytes(32)
+    assert fold(seen_head, rewritten) != ledger.head[1]
+    assert ledger.digests_since(-1, limit=2) is None
