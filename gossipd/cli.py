@@ -34,6 +34,8 @@ examples:
   gossipctl config reload                re-read the config file (same as SIGHUP)
   gossipctl metrics                      Prometheus text format
   gossipctl dashboard                    the web dashboard's URL (node.dashboard_listen)
+  gossipctl provenance                   contributors to this node's model, from its ledger
+  gossipctl provenance verify ledger.bin offline check of every link and signature
   gossipctl --socket ./n0/control.sock status
 
 socket: --socket, else $GOSSIPD_SOCKET, else the socket of --config, else
@@ -146,10 +148,29 @@ def render_checkpoints(items: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def render_provenance(p: dict[str, Any]) -> str:
+    lines = [f"ledger      {p['ledger']}  ({p['records']} records, {p['receipts']} receipts)",
+             f"head        seq {p['head']['seq']}  {p['head']['hash']}"]
+    for d in p["data"][-1:]:
+        lines.append(f"data        {d['data']['dataset_hash'][:16]}  "
+                     f"{d['data']['samples']} samples")
+    if p["contributors"]:
+        lines.append(f"{'contributor':<54} {'exchanges':>9} {'samples':>9}")
+        lines += [f"{c['peer']:<54} {c['exchanges']:>9} {c['samples']:>9}"
+                  for c in p["contributors"]]
+    else:
+        lines.append("no exchanges recorded yet")
+    for c in p["checkpoints"][-3:]:
+        lines.append(f"checkpoint  step {c['data']['step']}  {c['data']['params_hash'][:16]}")
+    return "\n".join(lines)
+
+
 def render_result(command: str, result: Any) -> str:
     """Readable text for each command's result (the JSON form is `--json`)."""
     if command == "status":
         return render_status(result)
+    if command == "provenance":
+        return render_provenance(result)
     if command == "peers":
         return render_peers(result)
     if command == "checkpoint.list":
@@ -222,6 +243,31 @@ def _request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return cmd, {}
 
 
+def verify_ledger(path: str, as_json: bool) -> int:
+    """`gossipctl provenance verify FILE`: offline, no daemon. Exit 0 verified, 1 not."""
+    from gossipd.ledger import LedgerError, verify_file
+    from protocol.receipt import ReceiptBody
+
+    try:
+        records = verify_file(Path(path))
+    except (LedgerError, OSError) as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        else:
+            print(f"gossipctl: ledger does NOT verify: {exc}", file=sys.stderr)
+        return 1
+    receipts = [ReceiptBody.from_bytes(r.data["body"]) for r in records if r.kind == "receipt"]
+    owner = records[0].data["peer_id"].hex()
+    result = {"ok": True, "records": len(records), "receipts": len(receipts),
+              "owner": owner, "head": records[-1].hash.hex()}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"ledger verified: {len(records)} records, {len(receipts)} receipts signed by both "
+              f"peers, every link and signature good; head {result['head'][:16]}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -259,6 +305,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="show the running config, or reload the file (like SIGHUP)")
     p.add_argument("action", choices=["show", "reload"])
     sub.add_parser("metrics", parents=[common], help="Prometheus metrics (text format)")
+    p = sub.add_parser("provenance", parents=[common],
+                       help="who contributed to this node's model; `verify FILE` checks a ledger",
+                       description="Without arguments: the lineage of the node's model from its "
+                       "ledger. `verify FILE` checks an exported ledger offline (no daemon): every "
+                       "link, every record signature and both signatures of every receipt.")
+    p.add_argument("action", nargs="?", choices=["verify"])
+    p.add_argument("file", nargs="?", help="verify: a ledger file (state_dir/ledger.bin)")
     sub.add_parser("dashboard", parents=[common], help="the URL of the node's web dashboard",
                    description="Prints the dashboard URL (set node.dashboard_listen, e.g. "
                    "\"127.0.0.1:8470\", to turn the dashboard on).")
@@ -274,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         needs_target = args.action in ("add", "remove", "ban", "unban")
         if needs_target != (args.target is not None):
             parser.error("peers add needs ADDR; remove, ban and unban need PEER; list takes none")
+    if args.command == "provenance" and args.action == "verify":
+        if not args.file:
+            parser.error("provenance verify needs FILE")
+        return verify_ledger(args.file, getattr(args, "json", False))
     cmd, cmd_args = _request_of(args)
     timeout = COMMAND_TIMEOUT_S if cmd == "average-now" else TIMEOUT_S
     try:

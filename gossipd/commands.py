@@ -19,6 +19,7 @@ Wire: the request is a JSON object with "cmd" and the command's arguments (gossi
   evaluate      data          test accuracy of the given parameters (base64 float32)
   metrics                     Prometheus text format
   log-level     level         debug | info | warning | error (until restart or reload)
+  provenance                  the ledger's lineage: contributors, exchanges, data, checkpoints
 
 Rules: arguments are validated here and a bad one is a ClientError naming the argument and what
 was expected; handlers never touch the network except `average-now`, which runs under the
@@ -40,6 +41,7 @@ from gossipd import config as config_mod
 from gossipd.control import ClientError, Handler
 from gossipd.membership import MembershipError
 from gossipd.peers import split_p2p_addr
+from protocol.receipt import params_hash
 
 if TYPE_CHECKING:
     from gossipd.daemon import Node
@@ -126,7 +128,16 @@ def build_handlers(node: Node) -> dict[str, Handler]:
         flat, step = node.runner.snapshot()
         info = await trio.to_thread.run_sync(checkpoint.save, ckpt_dir, flat, step,
                                              node.model.spec)
+        if node.provenance is not None:
+            await node.provenance.append("checkpoint", {"params_hash": params_hash(flat),
+                                                        "step": step, "file": info.path.name})
         return info.as_dict()
+
+    def provenance(_req: dict[str, Any]) -> Any:
+        if node.provenance is None:
+            raise ClientError("this node keeps no provenance ledger")
+        names = {node.transport.peer_id_bytes(p): p for p in node.peers.known()}
+        return node.provenance.lineage(names)
 
     async def checkpoint_list(_req: dict[str, Any]) -> Any:
         infos = await trio.to_thread.run_sync(checkpoint.list_checkpoints, ckpt_dir)
@@ -180,5 +191,6 @@ def build_handlers(node: Node) -> dict[str, Handler]:
         "metrics": lambda _req: {"content_type": node.metrics_content_type,
                                  "text": node.render_metrics()},
         "log-level": log_level,
+        "provenance": provenance,
     }
     return handlers

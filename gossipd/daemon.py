@@ -42,6 +42,7 @@ from gossipd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gossipd.metrics import NodeMetrics, outcome_of, pair_distance
 from gossipd.netapi import Stream, Transport, TransportError
 from gossipd.peers import PeerTable
+from gossipd.provenance import Provenance
 from gossipd.runner import ModelRunner
 from protocol.errors import ProtocolError
 from protocol.messages import AVG_PROTOCOL_ID, PEERS_PROTOCOL_ID
@@ -78,9 +79,11 @@ class Node:
         membership: Membership | None = None,
         replay: ReplayCheck | None = None,
         config_path: Path | None = None,
+        provenance: Provenance | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
+        self.provenance = provenance
         self.membership = membership or Membership(open=True, members=frozenset())
         self.transport = transport
         self.runner = runner

@@ -21,7 +21,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -34,6 +34,7 @@ from gossipd.sdnotify import Notifier, watchdog_interval
 
 if TYPE_CHECKING:
     from gossipd.daemon import Node
+    from gossipd.provenance import Provenance
 
 log = logging.getLogger("gossipd")
 
@@ -73,6 +74,27 @@ def _build_trainer(cfg: config_mod.Config) -> object:
         partition=t.parsed_partition, seed=t.seed,
     )
     return Trainer(t.task, shard, hyper, t.seed)
+
+
+def _open_provenance(cfg: config_mod.Config, seed: bytes, trainer: Any) -> Provenance:
+    """Open (and repair) the ledger and record the data set it trains on, if new."""
+    from gossipd.ledger import FILE_NAME as LEDGER_FILE
+    from gossipd.ledger import Ledger
+    from gossipd.provenance import Provenance
+    from protocol.crypto import peer_id_from_ed25519_public_key, public_key_from_seed
+
+    ledger = Ledger(cfg.node.state_dir / LEDGER_FILE, seed,
+                    peer_id_from_ed25519_public_key(public_key_from_seed(seed)))
+    if ledger.dropped_bytes:
+        log.warning("ledger %s: dropped a torn last record (%d bytes) left by a crash",
+                    ledger.path, ledger.dropped_bytes)
+    provenance = Provenance(ledger)
+    task = {k: v for k, v in config_mod.flatten(cfg).items() if k.startswith("train.")}
+    provenance.record_data_sync(trainer.data_hash, trainer.data_samples, task)
+    seq, head = ledger.head
+    log.info("ledger %s: %d records, head %d %s", ledger.path, len(ledger.records), seq,
+             head.hex()[:16])
+    return provenance
 
 
 def _reload(node: Node, notifier: Notifier) -> None:
@@ -128,6 +150,7 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership,
     replay = ReplayLog(cfg.node.state_dir / FILE_NAME,
                        int(cfg.averaging.replay_window_s * 1000), wall_clock_ms())
     log.info("replay table: %d exchange id(s) restored from %s", replay.restored, replay.path)
+    provenance = _open_provenance(cfg, seed, trainer)
     signals_ctx = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     with contextlib.closing(replay), signals_ctx as signals:
         async with open_transport(
@@ -141,7 +164,8 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership,
             try:
                 async with trio.open_nursery() as nursery:
                     node = Node(cfg, transport, runner, seed, membership=membership,
-                                replay=replay, config_path=config_path)
+                                replay=replay, config_path=config_path,
+                                provenance=provenance)
                     await nursery.start(node.run, listener)
                     log.info("control socket %s; node ready", socket_path)
                     notifier.ready(node.status_line())

@@ -21,6 +21,7 @@ Rules and the reasons for them:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from typing import Any, NamedTuple
@@ -149,6 +150,12 @@ class Trainer:
         # Number of times run_steps has been traced (compiled); tests assert it stays 1.
         self.trace_count = 0
         self._shard_tag = _shard_tag(shard)
+        # What the provenance ledger records about the local data: its hash, never the data.
+        digest = hashlib.blake2b(digest_size=32)
+        for part in (shard.x_train, shard.y_train):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        self.data_hash = digest.digest()
+        self.data_samples = len(shard.y_train)
         self._x = jnp.asarray(shard.x_train, jnp.float32)
         self._y = jnp.asarray(shard.y_train, jnp.int32)
         self._x_test = jnp.asarray(shard.x_test, jnp.float32)

@@ -270,3 +270,24 @@ def test_malformed_control_requests_leave_the_daemon_serving(
         for s in held:
             s.close()
     assert a.proc.poll() is None
+
+
+def test_provenance_and_offline_verify(nodes: tuple[LiveNode, LiveNode],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = nodes
+    ctl_json(a, "checkpoint", "save", capsys=capsys)
+    lineage = ctl_json(a, "provenance", capsys=capsys)
+    assert lineage["records"] >= 3 and lineage["data"] and lineage["checkpoints"]
+    code, out, _ = ctl(a, "provenance", capsys=capsys)
+    assert code == 0 and "ledger" in out and "checkpoint" in out
+    ledger = Path(lineage["ledger"])
+    code, out, _ = ctl(a, "provenance", "verify", str(ledger), capsys=capsys)
+    assert code == 0 and "ledger verified" in out
+    bad = a.state / "tampered.bin"
+    blob = bytearray(ledger.read_bytes())
+    blob[20] ^= 1
+    bad.write_bytes(bytes(blob))
+    code, _, err = ctl(a, "provenance", "verify", str(bad), capsys=capsys)
+    assert code == 1 and "does NOT verify" in err
+    code, out, _ = ctl(a, "provenance", "verify", str(bad), "--json", capsys=capsys)
+    assert code == 1 and json.loads(out)["ok"] is False
