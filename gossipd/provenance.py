@@ -26,6 +26,26 @@ class Provenance:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._limiter = trio.CapacityLimiter(1)
+        # The last ledger head each peer showed us, as our own receipts recorded it.
+        self._heads: dict[bytes, tuple[int, bytes]] = {}
+        for rec in ledger.records:
+            if rec.kind == "receipt":
+                self._remember(ReceiptBody.from_bytes(rec.data["body"]))
+
+    def _remember(self, body: ReceiptBody) -> None:
+        me = self.ledger.peer_id_bytes
+        if body.initiator == me:
+            self._heads[body.responder] = body.responder_head
+        else:
+            self._heads[body.initiator] = body.initiator_head
+
+    def peer_head(self, peer: bytes) -> tuple[int, bytes] | None:
+        return self._heads.get(peer)
+
+    async def record_receipt(self, receipt: dict[str, bytes]) -> Record:
+        rec = await self.append("receipt", dict(receipt))
+        self._remember(ReceiptBody.from_bytes(receipt["body"]))
+        return rec
 
     async def append(self, kind: str, data: dict[str, Any]) -> Record:
         return await trio.to_thread.run_sync(self.ledger.append, kind, data,

@@ -19,6 +19,7 @@ __all__ = [
     "AuthenticationError",
     "DecodeError",
     "FrameTooLarge",
+    "HistoryRewritten",
     "IntegrityError",
     "LimitExceeded",
     "ProtocolError",
@@ -77,6 +78,13 @@ class ReplayDetected(AuthenticationError):
     code = "replay"
 
 
+class HistoryRewritten(AuthenticationError):
+    """The peer's ledger does not extend the head we saw before: its history was rewritten
+    (or rolled back), or its receipt signature is missing or wrong."""
+
+    code = "history"
+
+
 class IntegrityError(ProtocolError):
     """AEAD failure: tampering, truncation, reordering or trailing data."""
 
@@ -114,6 +122,7 @@ ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     VersionMismatch,
     AuthenticationError,
     ReplayDetected,
+    HistoryRewritten,
     IntegrityError,
     LimitExceeded,
     SpecMismatch,

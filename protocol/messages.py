@@ -34,6 +34,8 @@ __all__ = [
     "PeerRecord",
     "PeersRequest",
     "PeersResponse",
+    "ReceiptInfo",
+    "ReceiptSig",
     "encode_message",
     "from_wire",
     "to_wire",
@@ -65,6 +67,7 @@ MAX_PEER_ID_LEN = 128  # chars of the base58/CID text form
 MAX_ADDRS = 8
 MAX_ADDR_LEN = 256
 MAX_PEERS = 64
+MAX_LEDGER_DIGESTS = 4096  # = framing.MAX_CONTAINER_LEN; 128 KiB of digests at most
 
 
 def _tuple(value: Any) -> Any:
@@ -103,6 +106,30 @@ class ParamsChunk:
 
 
 @dataclass(frozen=True)
+class ReceiptInfo:
+    """After both parameter streams: what the peer needs to build the receipt (PROTOCOL.md,
+    "Receipts"): samples trained since our last exchange, our ledger head, and the seq of
+    the peer's head we last saw (-1: never)."""
+
+    samples: int
+    head_seq: int
+    head_hash: bytes
+    seen_seq: int
+
+
+@dataclass(frozen=True)
+class ReceiptSig:
+    """Our signature over the receipt, and the body digests of our ledger records after the
+    head the peer last saw (proof that our history only grew)."""
+
+    sig: bytes
+    digests: Sequence[bytes]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digests", _tuple(self.digests))
+
+
+@dataclass(frozen=True)
 class ErrorMsg:
     code: str
     message: str
@@ -138,12 +165,15 @@ class PeersResponse:
         object.__setattr__(self, "peers", _tuple(self.peers))
 
 
-Message = Hello | ParamsStart | ParamsChunk | ErrorMsg | PeersRequest | PeersResponse
+Message = (Hello | ParamsStart | ParamsChunk | ReceiptInfo | ReceiptSig | ErrorMsg | PeersRequest
+           | PeersResponse)
 
 # Wire type tags.
 T_HELLO = "hello"
 T_PARAMS = "params"
 T_CHUNK = "chunk"
+T_RECEIPT_INFO = "receipt_info"
+T_RECEIPT_SIG = "receipt_sig"
 T_ERROR = "error"
 T_PEERS_REQUEST = "peers_req"
 T_PEERS_RESPONSE = "peers_resp"
@@ -174,6 +204,11 @@ def _to_wire_unchecked(msg: Message) -> dict[str, Any]:
         return {"t": T_PARAMS, "header": msg.header, "size": msg.size, "chunks": msg.chunks}
     if isinstance(msg, ParamsChunk):
         return {"t": T_CHUNK, "data": msg.data}
+    if isinstance(msg, ReceiptInfo):
+        return {"t": T_RECEIPT_INFO, "samples": msg.samples, "head_seq": msg.head_seq,
+                "head_hash": msg.head_hash, "seen_seq": msg.seen_seq}
+    if isinstance(msg, ReceiptSig):
+        return {"t": T_RECEIPT_SIG, "sig": msg.sig, "digests": list(msg.digests)}
     if isinstance(msg, ErrorMsg):
         return {"t": T_ERROR, "code": msg.code, "message": msg.message}
     if isinstance(msg, PeersRequest):
@@ -312,6 +347,18 @@ def from_wire(body: dict[str, Any]) -> Message:
         return _params_start(body)
     if kind == T_CHUNK:
         return _params_chunk(body)
+    if kind == T_RECEIPT_INFO:
+        return ReceiptInfo(
+            samples=_int(body, "samples", 0, MAX_STEP),
+            head_seq=_int(body, "head_seq", 0, MAX_STEP),
+            head_hash=_bytes_exact(body, "head_hash", 32),
+            seen_seq=_int(body, "seen_seq", -1, MAX_STEP),
+        )
+    if kind == T_RECEIPT_SIG:
+        digests = _list_value(_field(body, "digests"), "digests", MAX_LEDGER_DIGESTS)
+        if not all(isinstance(d, bytes) and len(d) == 32 for d in digests):
+            raise DecodeError("digests must be 32-byte bin values")
+        return ReceiptSig(sig=_bytes_exact(body, "sig", SIG_LEN), digests=tuple(digests))
     if kind == T_ERROR:
         return _error(body)
     if kind == T_PEERS_REQUEST:

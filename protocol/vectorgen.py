@@ -43,6 +43,8 @@ from .messages import (
     PeerRecord,
     PeersRequest,
     PeersResponse,
+    ReceiptInfo,
+    ReceiptSig,
     encode_message,
 )
 from .tensors import encode_params
@@ -185,6 +187,9 @@ def build_messages() -> dict[str, Any]:
         ("hello", hello),
         ("params", ParamsStart(header=bytes([1]) * 24, size=40, chunks=3)),
         ("chunk", ParamsChunk(data=bytes([2]) * 20)),
+        ("receipt_info", ReceiptInfo(samples=320, head_seq=7, head_hash=bytes([4]) * 32,
+                                     seen_seq=-1)),
+        ("receipt_sig", ReceiptSig(sig=bytes([5]) * 64, digests=[bytes([6]) * 32])),
         ("error", ErrorMsg(code="spec", message="different model")),
         ("peers_req", PeersRequest(addrs=["/ip4/10.0.0.1/tcp/4001"])),
         (
