@@ -99,6 +99,7 @@ class Node:
             num_params=runner.trainer.num_params,
             snapshot=runner.snapshot,
             apply_remote=self._apply_remote,
+            merge_remote=self._merge_remote,
             swarm_key=self.membership.swarm_key,
             replay=replay,
         )
@@ -155,6 +156,11 @@ class Node:
     def _apply_remote(self, remote: np.ndarray, remote_step: int) -> None:
         self.metrics.observe_mix(pair_distance(self.runner.params, remote))
         self.runner.apply_remote(remote, remote_step)
+
+    def _merge_remote(self, sent: np.ndarray, remote: np.ndarray, remote_step: int) -> None:
+        """The exchange's merge rule (gossipd/mixing.py merge): C + w * (R - S)."""
+        self.metrics.observe_mix(pair_distance(sent, remote))
+        self.runner.merge_remote(sent, remote, remote_step)
 
     async def _counted(self, peer_id: str, attempt: Awaitable[object], *, served: bool) -> None:
         """Run one exchange; count its outcome for the node and the peer. Never raises for

@@ -10,8 +10,12 @@ Rules:
   that.
 - Any protocol error from the peer is answered with an ErrorMsg naming the problem (best effort),
   and raised to the caller, which counts a failure and a strike; nothing here stops the daemon.
-- The parameters sent are a snapshot taken before the handshake; the remote vector is handed to
-  `apply_remote`, which mixes it into whatever the local model is by then.
+- The parameters sent are a snapshot S taken before the handshake (not copied: the model never
+  modifies a vector it handed out). Training goes on meanwhile; the remote vector R is handed to
+  `merge_remote(S, R, step)`, which merges it into whatever the local model is by then (the
+  runner's rule: C + w * (R - S)), or, for a model without it, to `apply_remote(R, step)`.
+- Parameters stream: each chunk is sealed as it is sent and opened as it arrives, straight into
+  the receive buffer, so an exchange holds about one model-sized buffer (what it receives).
 """
 
 from __future__ import annotations
@@ -46,7 +50,11 @@ def wall_clock_ms() -> int:
 @dataclass(frozen=True)
 class LocalModel:
     """What an exchange needs from the node: identity, model spec, snapshot and mixing hooks,
-    the swarm key (None in swarms without a secret) and the replay table of served Hellos."""
+    the swarm key (None in swarms without a secret) and the replay table of served Hellos.
+
+    `snapshot()` returns a vector nobody modifies while the exchange sends it. When
+    `merge_remote` is set it receives (sent snapshot, remote vector, remote step) and
+    `apply_remote` is not called; the remote vector is the caller's to keep or overwrite."""
 
     peer_id_bytes: bytes
     seed: bytes
@@ -57,6 +65,7 @@ class LocalModel:
     swarm_key: bytes | None = None
     replay: ReplayCheck | None = None
     wall_ms: Callable[[], int] = field(default=wall_clock_ms)
+    merge_remote: Callable[[np.ndarray, np.ndarray, int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ def _expect(msg: Message, kind: type) -> None:
 
 
 async def _swap_params(
-    ms: MessageStream, session: AveragingSession, frames: Iterator[bytes]
+    ms: MessageStream, session: AveragingSession, frames: Iterator[bytes | bytearray]
 ) -> tuple[np.ndarray, int]:
     """Stream our parameters out while theirs stream in; the first failure cancels the other
     half. Chunks are sealed as they are sent and opened as they arrive."""
@@ -155,7 +164,10 @@ async def _finish(
 ) -> ExchangeOutcome:
     """Both roles, once keys exist: swap encrypted parameters, then mix theirs into ours."""
     remote, remote_step = await _swap_params(ms, session, session.params_frames(flat, step))
-    model.apply_remote(remote, remote_step)
+    if model.merge_remote is not None:
+        model.merge_remote(flat, remote, remote_step)
+    else:
+        model.apply_remote(remote, remote_step)
     return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received)
 
 

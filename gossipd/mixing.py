@@ -6,6 +6,14 @@ swarm-wide mean of the parameters is unchanged by an exchange (up to float
 rounding) while the two nodes' disagreement is removed; repeated random pairings
 drive every node towards the mean (consensus).
 
+Training does not stop while an exchange is in flight, so by the time the peer's
+vector R arrives, the local vector has moved on from the snapshot S that was sent
+to some C. ``merge`` then sets ``C + w * (R - S)``: the pairwise mix of the two
+snapshots that were actually exchanged, plus the local progress ``C - S`` made
+meanwhile. With no progress (C == S) it is exactly ``mix(S, R, w)``; mixing R into
+C directly instead would count the progress made during the exchange only with
+weight ``1 - w`` and break the symmetry of the pair.
+
 Inputs are validated strictly: a vector of the wrong shape means a peer with a
 different model, and a non-finite vector would poison every node it reaches
 through later exchanges, so both are rejected rather than mixed.
@@ -47,6 +55,76 @@ def mix(local: np.ndarray, remote: np.ndarray, weight: float = 0.5) -> np.ndarra
     # at weight 0.5 (both nodes of an exchange end up with identical params).
     out = (1.0 - w) * a.astype(np.float64) + w * b.astype(np.float64)
     return out.astype(np.float32)
+
+
+# Elements per block in ``merge``: at most MERGE_BLOCK (two float64 work buffers of 2 MiB each)
+# and at most 1/8 of the vector, so the work buffers stay under half the vector's size.
+MERGE_BLOCK = 1 << 18
+
+
+def merge(
+    current: np.ndarray,
+    sent: np.ndarray,
+    remote: np.ndarray,
+    weight: float = 0.5,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``current + weight * (remote - sent)`` as float32: the merge rule of an exchange
+    that overlapped training (module docstring).
+
+    Computed block by block as ``(1 - w) * sent + w * remote + (current - sent)`` in
+    float64 and rounded once, the first two terms exactly as ``mix`` computes them: so with
+    no local progress (``current`` equal to ``sent``) the result is ``mix(sent, remote, w)``
+    bit for bit, and at weight 0.5 both nodes of an exchange end identical. ``out`` (float32,
+    same shape) receives the result and may be one of the inputs, e.g. the receive buffer of
+    ``remote``: then nothing model-sized is allocated. A non-finite result (a NaN or inf in
+    any input, or an overflow) raises ValueError; ``out`` is then partly written.
+    """
+    vectors = [_as_shape("current", current), _as_shape("sent", sent),
+               _as_shape("remote", remote)]
+    shape = vectors[0].shape
+    for name, v in zip(("sent", "remote"), vectors[1:], strict=True):
+        if v.shape != shape:
+            raise ValueError(f"shape mismatch: current {shape} vs {name} {v.shape}")
+    w = float(weight)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.dtype != np.float32 or out.shape != shape or not out.flags.writeable:
+        raise ValueError("out must be a writable float32 vector of the same shape")
+    elif any(np.may_share_memory(out, v) and out is not v for v in vectors):
+        raise ValueError("out overlaps an input without being that input")
+    c, s, r = vectors
+    step = max(1, min(MERGE_BLOCK, shape[0] // 8))
+    acc = np.empty(step, np.float64)
+    term = np.empty_like(acc)
+    # Overflow and inf - inf are what the finiteness check below is for: no warnings.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for lo in range(0, shape[0], step):
+            hi = min(lo + step, shape[0])
+            a, t = acc[: hi - lo], term[: hi - lo]
+            np.multiply(s[lo:hi], 1.0 - w, out=a, dtype=np.float64)
+            np.multiply(r[lo:hi], w, out=t, dtype=np.float64)
+            a += t
+            np.subtract(c[lo:hi], s[lo:hi], out=t, dtype=np.float64)
+            a += t
+            block = out[lo:hi]
+            np.copyto(block, a, casting="same_kind")
+            if not np.isfinite(block).all():
+                raise ValueError(f"merge result is not finite near element {lo}")
+    return out
+
+
+def _as_shape(name: str, v: np.ndarray) -> np.ndarray:
+    """Like _as_vector without the finiteness pass: merge checks its result instead."""
+    a = np.asarray(v)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-d vector, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name} must be a float vector, got dtype {a.dtype}")
+    return a
 
 
 def _stack(vectors: Sequence[np.ndarray]) -> np.ndarray:

@@ -17,7 +17,11 @@ from typing import Protocol
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from protocol.messages import Message, from_wire
 
-READ_CHUNK = 1 << 16
+# Bytes asked for per read: a few ~1 MiB parameter frames. Every read is a trip through the
+# transport's Python, and over libp2p a read that can take all a stream has buffered gets that
+# buffer without a copy (gossipd.transport.BulkYamuxStream). Bounds what one read adds to the
+# decoder's buffer.
+READ_CHUNK = 4 << 20
 
 
 class TransportError(Exception):
@@ -28,10 +32,11 @@ class Stream(Protocol):
     @property
     def remote_peer(self) -> str: ...
 
-    async def send_all(self, data: bytes) -> None: ...
+    async def send_all(self, data: bytes | bytearray) -> None: ...
 
-    async def receive_some(self, max_bytes: int) -> bytes:
-        """Return up to max_bytes; b"" at end of stream."""
+    async def receive_some(self, max_bytes: int) -> bytes | bytearray:
+        """Return up to max_bytes; b"" at end of stream. A bytearray returned is the caller's
+        (the stream keeps no reference to it)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -68,7 +73,7 @@ class MessageStream:
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    async def send(self, frame: bytes) -> None:
+    async def send(self, frame: bytes | bytearray) -> None:
         await self.stream.send_all(frame)
         self.bytes_sent += len(frame)
 
@@ -85,4 +90,4 @@ class MessageStream:
                     f"({self._decoder.buffered} bytes buffered)"
                 )
             self.bytes_received += len(data)
-            self._decoder.feed(data)
+            self._decoder.feed(data, take=isinstance(data, bytearray))

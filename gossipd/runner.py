@@ -6,9 +6,15 @@ Rules:
   pings stall otherwise) and only one JAX call runs at a time.
 - Training is paced to `steps_per_second` so nodes sharing a machine progress alike and leave
   CPU for networking; a slow machine simply runs behind the pace.
-- Remote parameters that arrive while a chunk of steps is running are queued and mixed in right
-  after the chunk returns, so no exchange result is overwritten and none is applied twice.
-- `snapshot()` returns the last completed parameters (a private copy), safe to send.
+- Training goes on while exchanges are in flight. Remote parameters that arrive while a chunk of
+  steps is running are queued and merged right after the chunk returns, so no exchange result is
+  overwritten and none is applied twice.
+- Merge rule (`merge_remote`, gossipd.mixing.merge): an exchange sends the snapshot S taken at its
+  start; when the peer's R arrives, the current parameters C (which kept training) become
+  C + w * (R - S), the pair's mix of what was exchanged plus our own progress since.
+- Published parameter vectors are read-only and never modified: new parameters are new arrays. So
+  `snapshot()` hands out the current vector without copying, and an exchange may stream it
+  while training replaces it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ if TYPE_CHECKING:
     # trio.TaskStatus; trio_typing.TaskStatus is the same protocol.
     from trio_typing import TaskStatus
 
-from gossipd.mixing import mix
+from gossipd.mixing import merge, mix
 from gossipd.trainer import Trainer, TrainState
 
 log = logging.getLogger("gossipd.runner")
@@ -60,8 +66,9 @@ class ModelRunner:
         self.status = TrainStatus()
         self._limiter = trio.CapacityLimiter(1)
         self._state: TrainState = trainer.init()
-        self._params: np.ndarray = trainer.get_params(self._state)
-        self._pending: list[np.ndarray] = []
+        self._params: np.ndarray = _frozen(trainer.get_params(self._state))
+        # (sent snapshot or None for a plain mix, remote) waiting for the running chunk
+        self._pending: list[tuple[np.ndarray | None, np.ndarray]] = []
         self._busy = False
         self._clock = clock
         self._running = trio.Event()  # set while training runs; cleared by pause()
@@ -83,22 +90,38 @@ class ModelRunner:
     # -- used by exchanges (trio thread) --
     @property
     def params(self) -> np.ndarray:
-        """The last completed parameters, not copied: read, never modify."""
+        """The last completed parameters (read-only, not copied)."""
         return self._params
 
     def snapshot(self) -> tuple[np.ndarray, int]:
-        return self._params.copy(), self.status.step
+        """The last completed parameters (read-only, not copied) and their step."""
+        return self._params, self.status.step
+
+    def merge_remote(self, sent: np.ndarray, remote: np.ndarray, remote_step: int) -> None:
+        """Merge a peer's parameters R from an exchange that sent our snapshot S: the current
+        parameters C become C + weight * (R - S). ``remote`` is taken over (the merge is
+        written into it)."""
+        if self._busy:
+            self._pending.append((sent, remote))
+        else:
+            self._merge_now(sent, remote)
 
     def apply_remote(self, remote: np.ndarray, remote_step: int) -> None:
+        """Mix R into the current parameters C directly: (1 - weight) * C + weight * R. For
+        callers that do not know what they sent; exchanges use merge_remote."""
         if self._busy:
-            self._pending.append(remote)
+            self._pending.append((None, remote))
         else:
-            self._mix_now(remote)
+            self._merge_now(None, remote)
 
-    def _mix_now(self, remote: np.ndarray) -> None:
-        mixed = mix(self._params, remote, self.weight)
+    def _merge_now(self, sent: np.ndarray | None, remote: np.ndarray) -> None:
+        if sent is None:
+            mixed = mix(self._params, remote, self.weight)
+        else:
+            target = remote if _writable_float32(remote) else None
+            mixed = merge(self._params, sent, remote, self.weight, out=target)
         self._state = self.trainer.with_params(self._state, mixed)
-        self._params = mixed
+        self._params = _frozen(mixed)
         self.status.mixes += 1
 
     # -- tasks --
@@ -120,12 +143,12 @@ class ModelRunner:
                 params = self.trainer.get_params(state)
             finally:
                 self._busy = False
-            self._state, self._params = state, params
+            self._state, self._params = state, _frozen(params)
             self.status.step = int(state.step)
             self.status.loss = float(loss)
             pending, self._pending = self._pending, []
-            for remote in pending:
-                self._mix_now(remote)
+            for sent, remote in pending:
+                self._merge_now(sent, remote)
             next_at += period
             now = self._clock()
             if next_at < now - period:  # far behind: do not try to catch up in a burst
@@ -147,3 +170,14 @@ class ModelRunner:
         while True:
             await self.evaluate_now()
             await trio.sleep(self.eval_interval_s)
+
+
+def _frozen(params: np.ndarray) -> np.ndarray:
+    params.flags.writeable = False
+    return params
+
+
+def _writable_float32(a: np.ndarray) -> bool:
+    """Whether the merge can be written into ``a`` (merge_remote takes the remote vector over,
+    so a received buffer is reused instead of allocating another model-sized array)."""
+    return a.dtype == np.float32 and a.ndim == 1 and a.flags.writeable and a.flags.c_contiguous

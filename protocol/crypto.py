@@ -18,8 +18,17 @@ import nacl.bindings as sodium
 import nacl.exceptions
 import nacl.signing
 
+# PyNaCl's own cffi module: nacl.bindings' secretstream functions take and return bytes only (a
+# copy of every chunk each way); the *_into methods below call the same libsodium functions on
+# caller buffers instead. The stream state objects are nacl.bindings' own.
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
+
 from .errors import AuthenticationError, IntegrityError, LimitExceeded
 from .messages import MAX_CHUNK_PLAINTEXT, MAX_CHUNKS
+
+# A contiguous bytes-like object (numpy arrays via their .data memoryview).
+Buffer = bytes | bytearray | memoryview
 
 __all__ = [
     "ED25519_PEER_ID_PREFIX",
@@ -150,6 +159,28 @@ class Sealer:
         sealed = sodium.crypto_secretstream_xchacha20poly1305_push(self._state, piece, None, tag)
         return bytes(sealed)
 
+    def push_into(self, piece: Buffer, final: bool, out: Buffer) -> int:
+        """Seal ``piece`` (any contiguous buffer) into ``out`` (writable, at least
+        ``len(piece) + ABYTES`` bytes) without intermediate copies; returns the sealed length."""
+        if self._finished:
+            raise ValueError("secretstream already finished")
+        src = memoryview(piece).cast("B")
+        dst = memoryview(out).cast("B")
+        if src.nbytes > MAX_CHUNK_PLAINTEXT:
+            raise ValueError(f"chunk plaintext over {MAX_CHUNK_PLAINTEXT} bytes")
+        sealed_len = src.nbytes + _ABYTES
+        if dst.readonly or dst.nbytes < sealed_len:
+            raise ValueError("output buffer too small or read-only")
+        tag = _TAG_FINAL if final else _TAG_MESSAGE
+        self._finished = final
+        rc = _lib.crypto_secretstream_xchacha20poly1305_push(
+            self._state.statebuf, _ffi.from_buffer(dst), _ffi.NULL,
+            _ffi.from_buffer(src), src.nbytes, _ffi.NULL, 0, tag,
+        )
+        if rc != 0:
+            raise RuntimeError("crypto_secretstream_xchacha20poly1305_push failed")
+        return sealed_len
+
 
 class Opener:
     """Pull side of one secretstream. ``pull(chunk, last)`` returns the chunk's plaintext.
@@ -194,6 +225,40 @@ class Opener:
         self._index += 1
         self._dead = last
         return bytes(piece)
+
+    def pull_into(self, chunk: Buffer, last: bool, out: Buffer) -> int:
+        """Like ``pull``, decrypting into ``out`` (writable, at least ``len(chunk) - ABYTES``
+        bytes) instead of returning bytes; returns the plaintext length. On any error
+        ``out`` may hold unauthenticated bytes: the caller must discard it."""
+        if self._dead:
+            raise IntegrityError("secretstream already finished or failed")
+        self._dead = True  # until this chunk is proven good
+        src = memoryview(chunk).cast("B")
+        dst = memoryview(out).cast("B")
+        if src.nbytes < _ABYTES:
+            raise IntegrityError("chunk shorter than the authentication tag")
+        plain_len = src.nbytes - _ABYTES
+        if plain_len > MAX_CHUNK_PLAINTEXT:
+            raise IntegrityError("chunk longer than the largest sealed chunk")
+        if dst.readonly or dst.nbytes < plain_len:
+            raise ValueError("output buffer too small or read-only")
+        tag_out = _ffi.new("unsigned char *")
+        rc = _lib.crypto_secretstream_xchacha20poly1305_pull(
+            self._state.statebuf, _ffi.from_buffer(dst), _ffi.NULL, tag_out,
+            _ffi.from_buffer(src), src.nbytes, _ffi.NULL, 0,
+        )
+        if rc != 0:
+            raise IntegrityError(f"chunk {self._index} failed authentication")
+        tag = int(tag_out[0])
+        if tag == _TAG_FINAL and not last:
+            raise IntegrityError("data after the FINAL chunk")
+        if tag != _TAG_FINAL and last:
+            raise IntegrityError("stream truncated: last chunk is not FINAL")
+        if tag not in (_TAG_FINAL, _TAG_MESSAGE):
+            raise IntegrityError(f"unexpected secretstream tag {tag}")
+        self._index += 1
+        self._dead = last
+        return plain_len
 
 
 def chunk_count(size: int, chunk_size: int) -> int:

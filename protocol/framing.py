@@ -57,7 +57,7 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack ext type {code} is not allowed")
 
 
-def safe_unpackb(data: bytes, *, max_len: int | None = None) -> Any:
+def safe_unpackb(data: bytes | bytearray | memoryview, *, max_len: int | None = None) -> Any:
     """Decode one msgpack object with strict limits; DecodeError on anything odd.
 
     ``max_len`` bounds str/bin lengths (defaults to ``len(data)``, which no honest
@@ -143,10 +143,15 @@ class FrameDecoder:
         """Bytes received but not yet returned as a frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview, *, take: bool = False) -> None:
+        """Buffer ``data``. With ``take=True`` a bytearray becomes the decoder's own (and is
+        modified) instead of being copied, when nothing else is buffered."""
         if self._error is not None:
             raise DecodeError(f"decoder is unusable after an earlier error: {self._error}")
-        self._buf += data
+        if take and not self._buf and isinstance(data, bytearray):
+            self._buf = data
+        else:
+            self._buf += data
 
     def next_frame(self) -> dict[str, Any] | None:
         """Return the next complete frame body, or None if more bytes are needed."""
@@ -169,9 +174,11 @@ class FrameDecoder:
         end = HEADER_SIZE + length
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[HEADER_SIZE:end])
+        # Decode from a view of the buffer (msgpack copies out only str/bin values), and release
+        # the view before the buffer is resized.
+        with memoryview(self._buf)[HEADER_SIZE:end] as view:
+            body = safe_unpackb(view)
         del self._buf[:end]
-        body = safe_unpackb(payload)
         if not isinstance(body, dict):
             raise DecodeError(f"frame body must be a map, got {type(body).__name__}")
         return body

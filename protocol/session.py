@@ -13,6 +13,9 @@ The session never touches a socket: ``hello()``/``params_frames()`` return bytes
 to write, ``receive_*()`` take messages the caller decoded with FrameDecoder +
 from_wire. Parameters stream: the sender seals one chunk per frame as it goes, the
 receiver opens each chunk as it arrives into one buffer of the announced size.
+Neither side copies the whole vector: the sender seals slices of the caller's array
+(after a short header, protocol.tensors.params_header), the receiver opens chunks
+straight into the float32 array it returns.
 State rules:
   * each message is sent and received at most once, in the order above; anything
     else raises UnexpectedMessage (also for local misuse of the API);
@@ -31,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .crypto import (
+    Buffer,
     Opener,
     Sealer,
     chunk_count,
@@ -84,7 +88,19 @@ from .messages import (
     to_wire,
 )
 from .replay import ReplayCheck
-from .tensors import CHUNK_FRAME_OVERHEAD, decode_params, encode_params, params_plaintext_bound
+from .tensors import (
+    CHUNK_FRAME_OVERHEAD,
+    MAX_HEADER_LEN,
+    WIRE_DTYPE,
+    all_finite,
+    auto_chunk_size,
+    check_params,
+    decode_params,
+    params_header,
+    params_plaintext_bound,
+    parse_params_header,
+    wire_view,
+)
 
 __all__ = ["AveragingSession", "error_frame"]
 
@@ -111,7 +127,7 @@ class AveragingSession:
         exchange_id: bytes | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
         eph_private: bytes | None = None,
-        chunk_size: int = MAX_CHUNK_PLAINTEXT,
+        chunk_size: int | None = None,
         time_ms: int = 0,
         swarm_key: bytes | None = None,
         replay: ReplayCheck | None = None,
@@ -120,7 +136,8 @@ class AveragingSession:
         exchange: it goes into our Hello and, for a responder with a ``replay`` guard, is
         the "now" against which the initiator's Hello time is judged. ``swarm_key`` (32
         bytes) is the hashed swarm secret: both Hellos must prove it, and it is mixed into
-        the payload keys."""
+        the payload keys. ``chunk_size`` (plaintext bytes per ParamsChunk, at most 1 MiB) is
+        chosen from the payload size when None (protocol.tensors.auto_chunk_size)."""
         # Local configuration errors are ValueError, not ProtocolError.
         if len(local_seed) != 32:
             raise ValueError("local_seed must be 32 bytes")
@@ -144,6 +161,8 @@ class AveragingSession:
             raise ValueError("time_ms out of range")
         if swarm_key is not None and len(swarm_key) != SWARM_KEY_LEN:
             raise ValueError(f"swarm_key must be {SWARM_KEY_LEN} bytes")
+        if chunk_size is not None and not 1 <= chunk_size <= MAX_CHUNK_PLAINTEXT:
+            raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_PLAINTEXT}")
         # A remote ID without an inline Ed25519 key can never authenticate.
         self._remote_pub = ed25519_public_key_from_peer_id(remote_peer_id)
 
@@ -338,36 +357,51 @@ class AveragingSession:
             raise UnexpectedMessage("Params before both Hellos were exchanged")
         return self._keys
 
-    def params_frames(self, flat: npt.NDArray[Any], step: int) -> Iterator[bytes]:
+    def params_frames(self, flat: npt.NDArray[Any], step: int) -> Iterator[bytes | bytearray]:
         """Framed ParamsStart, then one framed ParamsChunk per chunk, encrypted lazily as the
-        caller pulls them, so a sender holds one sealed chunk at a time. Arguments, state and
-        frame sizes are checked before the first frame is returned."""
+        caller pulls them, so a sender holds one sealed chunk at a time. Chunks are sealed
+        from slices of ``flat`` itself (no serialised copy of the vector), so ``flat`` must not
+        change until the last frame is pulled. Arguments, state and frame sizes are checked
+        before the first frame is returned."""
         self._check_alive()
         keys = self._require_keys()
         if self._params_sent:
             raise UnexpectedMessage("Params already sent")
         if np.asarray(flat).size != self._num_params:
             raise ValueError(f"expected {self._num_params} parameters")
-        plaintext = encode_params(flat, step)
-        count = chunk_count(len(plaintext), self._chunk_size)
+        arr = check_params(flat, step)
+        header = params_header(int(arr.size), step)
+        data = wire_view(arr)
+        size = len(header) + data.nbytes
+        chunk = auto_chunk_size(size) if self._chunk_size is None else self._chunk_size
+        count = chunk_count(size, chunk)
         if count > MAX_CHUNKS:
             raise LimitExceeded(f"plaintext needs {count} chunks, cap is {MAX_CHUNKS}")
-        largest = min(len(plaintext), self._chunk_size) + SECRETSTREAM_ABYTES + CHUNK_FRAME_OVERHEAD
+        largest = min(size, chunk) + SECRETSTREAM_ABYTES + CHUNK_FRAME_OVERHEAD
         if largest > self._max_frame:
             raise LimitExceeded(f"a chunk frame of {largest} bytes exceeds max_frame")
         self._params_sent = True
         sealer = Sealer(self._send_key(keys))
-        start = encode_message(ParamsStart(header=sealer.header, size=len(plaintext),
-                                           chunks=count))
-        return self._chunk_frames(start, sealer, memoryview(plaintext), count)
+        start = encode_message(ParamsStart(header=sealer.header, size=size, chunks=count))
+        return self._chunk_frames(start, sealer, header, data, chunk, count)
 
-    def _chunk_frames(self, start: bytes, sealer: Sealer, plaintext: memoryview, count: int
-                      ) -> Iterator[bytes]:
+    def _chunk_frames(self, start: bytes, sealer: Sealer, header: bytes, data: memoryview,
+                      size: int, count: int) -> Iterator[bytes | bytearray]:
         yield start
-        size = self._chunk_size
+        h = len(header)
+        total = h + data.nbytes
         for i in range(count):
-            piece = bytes(plaintext[i * size : (i + 1) * size])
-            yield encode_message(ParamsChunk(data=sealer.push(piece, i == count - 1)))
+            lo, hi = i * size, min((i + 1) * size, total)
+            piece: Buffer
+            if lo >= h:
+                piece = data[lo - h : hi - h]
+            else:  # a chunk holding (part of) the header: one chunk-sized copy per exchange
+                joined = bytearray(hi - lo)
+                k = min(hi, h) - lo
+                joined[:k] = header[lo : lo + k]
+                joined[k:] = data[: hi - lo - k]
+                piece = joined
+            yield chunk_frame(sealer, piece, i == count - 1)
 
     def params_frame(self, flat: npt.NDArray[Any], step: int) -> bytes:
         """All of ``params_frames`` as one bytes object (small models, tests)."""
@@ -390,7 +424,7 @@ class AveragingSession:
             if not chunk_count(msg.size, MAX_CHUNK_PLAINTEXT) <= msg.chunks <= msg.size:
                 raise DecodeError(f"{msg.chunks} chunks cannot carry {msg.size} bytes")
             self._inbound = _Inbound(Opener(self._recv_key(keys), msg.header), msg.size,
-                                     msg.chunks)
+                                     msg.chunks, self._num_params)
         except ProtocolError as exc:
             raise self._fail(exc) from None
 
@@ -405,10 +439,10 @@ class AveragingSession:
             if inbound is None:
                 raise UnexpectedMessage("ParamsChunk before ParamsStart"
                                         if not self._params_received else "extra ParamsChunk")
-            blob = inbound.add(msg.data)
-            if blob is None:
+            result = inbound.add(msg.data)
+            if result is None:
                 return None
-            flat, step = decode_params(blob, self._num_params)
+            flat, step = result
         except ProtocolError as exc:
             raise self._fail(exc) from None
         self._inbound = None
@@ -433,28 +467,71 @@ class AveragingSession:
         raise self._fail(UnexpectedMessage(f"{type(msg).__name__} on an averaging stream"))
 
 
+# Map prefix of a ParamsChunk body, {"t": "chunk", "data": <bin>}, as encode_message writes it.
+_CHUNK_BODY_PREFIX = b"\x82\xa1t\xa5chunk\xa4data"
+
+
+def chunk_frame(sealer: Sealer, piece: Buffer, final: bool) -> bytearray:
+    """The framed ParamsChunk of ``piece`` sealed with ``sealer``: the same bytes as
+    ``encode_message(ParamsChunk(data=sealer.push(piece, final)))``, sealed straight into the
+    frame buffer."""
+    sealed_len = memoryview(piece).nbytes + SECRETSTREAM_ABYTES
+    if sealed_len < 1 << 8:
+        bin_header = b"\xc4" + sealed_len.to_bytes(1, "big")
+    elif sealed_len < 1 << 16:
+        bin_header = b"\xc5" + sealed_len.to_bytes(2, "big")
+    else:
+        bin_header = b"\xc6" + sealed_len.to_bytes(4, "big")
+    body_len = len(_CHUNK_BODY_PREFIX) + len(bin_header) + sealed_len
+    prefix = body_len.to_bytes(4, "big") + _CHUNK_BODY_PREFIX + bin_header
+    frame = bytearray(len(prefix) + sealed_len)
+    frame[: len(prefix)] = prefix
+    sealer.push_into(piece, final, memoryview(frame)[len(prefix) :])
+    return frame
+
+
 class _Inbound:
     """The peer's parameters while they arrive: one opener and one buffer of the announced
-    size (bounded by the caller), filled chunk by chunk."""
+    plaintext size (bounded by the caller) that every chunk is opened straight into. The buffer
+    starts 0-3 bytes in, so that in the standard layout (protocol.tensors.params_header, then
+    the data) the data lands 4-byte aligned and is returned as a float32 view of the buffer."""
 
-    def __init__(self, opener: Opener, size: int, chunks: int) -> None:
+    def __init__(self, opener: Opener, size: int, chunks: int, num_params: int) -> None:
         self._opener = opener
-        self._buf = bytearray(size)
+        self._size = size
+        self._num_params = num_params
+        head_len = size - 4 * num_params
+        self._head_len = head_len if 0 < head_len <= MAX_HEADER_LEN else None
+        self._offset = -head_len % 4 if self._head_len is not None else 0
+        self._buf = np.empty(self._offset + size, np.uint8)
+        self._view = self._buf.data
         self._filled = 0
         self._left = chunks
 
-    def add(self, sealed: bytes) -> bytes | None:
+    def add(self, sealed: bytes) -> tuple[npt.NDArray[np.float32], int] | None:
         n = len(sealed) - SECRETSTREAM_ABYTES
-        room = len(self._buf) - self._filled
+        room = self._size - self._filled
         if n < 1 or n > room:
             raise DecodeError(f"chunk of {n} bytes where {room} remain of the announced size")
         self._left -= 1
         last = self._left == 0
-        piece = self._opener.pull(sealed, last)
-        self._buf[self._filled : self._filled + n] = piece
+        at = self._offset + self._filled
+        self._opener.pull_into(sealed, last, self._view[at : at + n])
         self._filled += n
         if not last:
             return None
-        if self._filled != len(self._buf):
+        if self._filled != self._size:
             raise IntegrityError("stream ended short of the announced size")
-        return bytes(self._buf)
+        return self._decode()
+
+    def _decode(self) -> tuple[npt.NDArray[np.float32], int]:
+        o, h = self._offset, self._head_len
+        step = None
+        if h is not None:
+            step = parse_params_header(bytes(self._buf[o : o + h]), self._num_params)
+        if step is None or h is None:  # not the standard layout: the general decoder, its errors
+            return decode_params(bytes(self._buf[o : o + self._size]), self._num_params)
+        data = self._buf[o + h : o + self._size].view(WIRE_DTYPE)
+        if not all_finite(data):
+            raise DecodeError("params contain NaN or Inf")
+        return data.astype(np.float32, copy=False), step

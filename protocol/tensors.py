@@ -12,6 +12,12 @@ Rules:
     trains another model); ``data`` must be exactly ``4 * n`` bytes.
   * NaN/Inf are rejected on both ends: averaging with a diverged peer would
     poison the local model, and a sender should notice its own divergence.
+  * Large vectors are never serialised into one buffer: the encoding is a short
+    header (``params_header``, everything before the data bytes) followed by the
+    vector's own little-endian bytes, so senders stream the array as it is and
+    receivers write the data bytes straight into a float32 array
+    (``parse_params_header`` recognises the header). ``encode_params`` and
+    ``decode_params`` are the same layout as one bytes object.
 """
 
 from __future__ import annotations
@@ -27,13 +33,22 @@ from .framing import safe_unpackb
 from .messages import MAX_CHUNK_PLAINTEXT, MAX_NUM_PARAMS, MAX_STEP, SECRETSTREAM_ABYTES
 
 __all__ = [
+    "AUTO_CHUNKS",
+    "AUTO_CHUNK_MIN",
     "CHUNK_FRAME_OVERHEAD",
+    "MAX_HEADER_LEN",
     "START_FRAME_BOUND",
     "WIRE_DTYPE",
+    "all_finite",
+    "auto_chunk_size",
+    "check_params",
     "decode_params",
     "encode_params",
     "params_frame_bound",
+    "params_header",
     "params_plaintext_bound",
+    "parse_params_header",
+    "wire_view",
 ]
 
 WIRE_DTYPE = "<f4"
@@ -51,20 +66,83 @@ def params_plaintext_bound(num_params: int) -> int:
     return 4 * num_params + _OVERHEAD_BOUND
 
 
-def params_frame_bound(num_params: int, chunk_size: int = MAX_CHUNK_PLAINTEXT) -> int:
+# Automatic chunk size: about AUTO_CHUNKS chunks per payload, between AUTO_CHUNK_MIN and the 1 MiB
+# cap. A sender and receiver each hold a few chunk-sized buffers at a time, so small payloads
+# get small chunks (an exchange stays within ~2x its payload in memory), large ones 1 MiB chunks
+# (fewest frames).
+AUTO_CHUNKS = 16
+AUTO_CHUNK_MIN = 64 << 10
+
+
+def auto_chunk_size(plaintext_size: int) -> int:
+    """The chunk size a sender uses for ``plaintext_size`` bytes unless told otherwise."""
+    per_chunk = -(-plaintext_size // AUTO_CHUNKS)
+    per_chunk = -(-per_chunk // 4096) * 4096
+    return min(MAX_CHUNK_PLAINTEXT, max(AUTO_CHUNK_MIN, per_chunk))
+
+
+def params_frame_bound(num_params: int, chunk_size: int | None = None) -> int:
     """Largest total of the framed ParamsStart and ParamsChunks for ``num_params`` floats.
 
-    ParamsStart: u32 length, the map with its keys and type tag, the 24-byte header and two
-    ints (under START_FRAME_BOUND). Each ParamsChunk: u32 length, a 1-key map plus type tag,
+    ``chunk_size`` None means the automatic size (``auto_chunk_size``). ParamsStart: u32
+    length, the map with its keys and type tag, the 24-byte header and two ints (under
+    START_FRAME_BOUND). Each ParamsChunk: u32 length, a 1-key map plus type tag,
     a bin header and the sealed chunk (CHUNK_FRAME_OVERHEAD + ABYTES + plaintext bytes).
     """
     plaintext = params_plaintext_bound(num_params)
-    chunks = max(1, -(-plaintext // chunk_size))
+    chunk = auto_chunk_size(plaintext) if chunk_size is None else chunk_size
+    chunks = max(1, -(-plaintext // chunk))
     return START_FRAME_BOUND + plaintext + chunks * (CHUNK_FRAME_OVERHEAD + SECRETSTREAM_ABYTES)
 
 
-def encode_params(flat: npt.NDArray[Any], step: int) -> bytes:
-    """Encode a 1-D float32 vector and the sender's training step."""
+# Longest params_header: fixmap, the keys, "<f4", two uint64s and a bin32 header (45 bytes).
+MAX_HEADER_LEN = _OVERHEAD_BOUND
+
+
+def _packed(obj: Any) -> bytes:
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
+
+
+def params_header(n: int, step: int) -> bytes:
+    """The encoding of ``{"dtype": "<f4", "n": n, "step": step, "data": <4n bytes>}`` up to
+    and including the bin header of ``data``: byte for byte what msgpack writes before the
+    data bytes (keys in order, smallest int and bin formats)."""
+    return (b"\x84" + _packed("dtype") + _packed(WIRE_DTYPE) + _packed("n") + _packed(n)
+            + _packed("step") + _packed(step) + _packed("data")
+            + _bin_header(4 * n))
+
+
+def _bin_header(length: int) -> bytes:
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
+def parse_params_header(header: bytes, n: int) -> int | None:
+    """The step of ``header`` if it is exactly ``params_header(n, step)`` for a valid step,
+    else None (then the payload is some other msgpack, which ``decode_params`` judges)."""
+    head = b"\x84" + _packed("dtype") + _packed(WIRE_DTYPE) + _packed("n") + _packed(n) \
+        + _packed("step")
+    tail = _packed("data") + _bin_header(4 * n)
+    if len(header) <= len(head) + len(tail):
+        return None
+    if not (header.startswith(head) and header.endswith(tail)):
+        return None
+    middle = header[len(head) : len(header) - len(tail)]
+    try:
+        step = msgpack.unpackb(middle)
+    except Exception:
+        return None
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        return None
+    return step if _packed(step) == middle else None
+
+
+def check_params(flat: npt.NDArray[Any], step: int) -> npt.NDArray[Any]:
+    """Validate what a sender may send; returns the vector as a 1-D array."""
     arr = np.asarray(flat)
     if arr.ndim != 1:
         raise ValueError(f"parameters must be a flat vector, got shape {arr.shape}")
@@ -74,12 +152,27 @@ def encode_params(flat: npt.NDArray[Any], step: int) -> bytes:
         raise ValueError("parameter count out of range")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
         raise ValueError("step must be an int in 0..2**63-1")
-    if not bool(np.isfinite(arr).all()):
+    if not all_finite(arr):
         raise ValueError("refusing to send non-finite parameters")
-    data = np.ascontiguousarray(arr, dtype=WIRE_DTYPE).tobytes()
-    body = {"dtype": WIRE_DTYPE, "n": int(arr.size), "step": step, "data": data}
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
-    return packed
+    return arr
+
+
+def wire_view(arr: npt.NDArray[Any]) -> memoryview:
+    """The little-endian float32 bytes of a checked vector: a view, copied only when the array
+    is not already contiguous '<f4'."""
+    return np.ascontiguousarray(arr, dtype=WIRE_DTYPE).data.cast("B")
+
+
+def all_finite(arr: npt.NDArray[Any], block: int = 1 << 18) -> bool:
+    """np.isfinite(arr).all() in blocks, so the check allocates no model-sized mask."""
+    flat = arr.reshape(-1)
+    return all(bool(np.isfinite(flat[i : i + block]).all()) for i in range(0, flat.size, block))
+
+
+def encode_params(flat: npt.NDArray[Any], step: int) -> bytes:
+    """Encode a 1-D float32 vector and the sender's training step as one bytes object."""
+    arr = check_params(flat, step)
+    return params_header(int(arr.size), step) + bytes(wire_view(arr))
 
 
 def _int_field(body: dict[str, Any], key: str, hi: int) -> int:
@@ -105,6 +198,6 @@ def decode_params(blob: bytes, expected_n: int) -> tuple[npt.NDArray[np.float32]
         raise DecodeError("params data must be exactly 4 * n bytes")
     # frombuffer is read-only and borrows `data`; astype makes a native, writable copy.
     arr = np.frombuffer(data, dtype=WIRE_DTYPE).astype(np.float32)
-    if not bool(np.isfinite(arr).all()):
+    if not all_finite(arr):
         raise DecodeError("params contain NaN or Inf")
     return arr, step

@@ -8,6 +8,7 @@ import pytest
 from gossipd.mixing import (
     consensus_distance,
     mean_vector,
+    merge,
     mix,
     push_pull_init,
     push_pull_update,
@@ -110,3 +111,72 @@ def test_push_pull_state() -> None:
     out, s = push_pull_update(s, a, b)
     np.testing.assert_array_equal(out, [1.5, 2.0])
     assert s.rounds == 1 and s.last_gap == pytest.approx(25.0)
+
+
+# --- merge: the rule for exchanges that overlapped training ---------------------------
+
+
+def _vec(seed: int, n: int = 1000) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=n).astype(np.float32)
+
+
+def test_merge_is_pairwise_mix_plus_local_progress() -> None:
+    sent, remote = _vec(1), _vec(2)
+    progress = _vec(3) * 0.01
+    current = sent + progress
+    out = merge(current, sent, remote, 0.5)
+    expect = current.astype(np.float64) + 0.5 * (remote.astype(np.float64) - sent)
+    np.testing.assert_allclose(out, expect, rtol=0, atol=1e-6)
+    # What mixing the remote into the current vector would give instead: the progress made
+    # during the exchange only half counted.
+    np.testing.assert_allclose(out - mix(current, remote), 0.5 * progress, atol=1e-6)
+
+
+def test_merge_without_progress_is_mix_bit_for_bit_and_symmetric() -> None:
+    a, b = _vec(4, 300_001), _vec(5, 300_001)
+    np.testing.assert_array_equal(merge(a, a, b), mix(a, b))
+    np.testing.assert_array_equal(merge(a, a, b), merge(b, b, a))  # both nodes end identical
+    np.testing.assert_array_equal(merge(a, a, b, 0.25), mix(a, b, 0.25))
+
+
+def test_merge_weights() -> None:
+    sent, remote, current = _vec(6), _vec(7), _vec(8)
+    np.testing.assert_allclose(merge(current, sent, remote, 0.0), current, atol=1e-6)
+    np.testing.assert_allclose(merge(current, sent, remote, 1.0),
+                               current.astype(np.float64) + remote - sent, atol=1e-5)
+    with pytest.raises(ValueError, match="weight"):
+        merge(current, sent, remote, 1.5)
+
+
+def test_merge_in_place_into_remote_and_pure_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gossipd.mixing.MERGE_BLOCK", 7)  # many blocks, a short last one
+    sent, remote, current = _vec(9, 100), _vec(10, 100), _vec(11, 100)
+    expect = merge(current, sent, remote.copy())
+    copies = sent.copy(), current.copy()
+    out = merge(current, sent, remote, out=remote)
+    assert out is remote
+    np.testing.assert_array_equal(out, expect)
+    np.testing.assert_array_equal(sent, copies[0])
+    np.testing.assert_array_equal(current, copies[1])
+
+
+def test_merge_refuses_bad_inputs() -> None:
+    a = _vec(12, 10)
+    for bad in (np.nan, np.inf, -np.inf):
+        for i in range(3):
+            args = [a.copy(), a.copy(), a.copy()]
+            args[i][3] = bad
+            with pytest.raises(ValueError, match="not finite"):
+                merge(*args)
+    huge = np.full(4, 3e38, np.float32)
+    with pytest.raises(ValueError, match="not finite"):  # overflows float32
+        merge(huge, -huge, huge, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        merge(a, a[:5], a)
+    with pytest.raises(ValueError, match="1-d"):
+        merge(a.reshape(2, 5), a.reshape(2, 5), a.reshape(2, 5))
+    with pytest.raises(ValueError, match="out"):
+        merge(a, a, a, out=np.empty(10, np.float64))
+    with pytest.raises(ValueError, match="overlaps"):
+        big = np.zeros(11, np.float32)
+        merge(big[:10], a, a, out=big[1:])
