@@ -84,6 +84,7 @@ class Node:
         self.config = config
         self.config_path = config_path
         self.provenance = provenance
+        self._step_at_exchange = 0
         self.membership = membership or Membership(open=True, members=frozenset())
         self.transport = transport
         self.runner = runner
@@ -100,6 +101,8 @@ class Node:
             snapshot=runner.snapshot,
             apply_remote=self._apply_remote,
             merge_remote=self._merge_remote,
+            provenance=provenance,
+            samples_since_exchange=self._samples_since_exchange,
             swarm_key=self.membership.swarm_key,
             replay=replay,
         )
@@ -157,10 +160,17 @@ class Node:
         self.metrics.observe_mix(pair_distance(self.runner.params, remote))
         self.runner.apply_remote(remote, remote_step)
 
+    def _samples_since_exchange(self) -> int:
+        """Local samples trained since the last completed exchange (for its receipt)."""
+        hyper = getattr(self.runner.trainer, "hyper", None)
+        batch = int(getattr(hyper, "batch_size", 1))
+        return max(0, self.runner.status.step - self._step_at_exchange) * batch
+
     def _merge_remote(self, sent: np.ndarray, remote: np.ndarray, remote_step: int) -> None:
         """The exchange's merge rule (gossipd/mixing.py merge): C + w * (R - S)."""
         self.metrics.observe_mix(pair_distance(sent, remote))
         self.runner.merge_remote(sent, remote, remote_step)
+        self._step_at_exchange = self.runner.status.step
 
     async def _counted(self, peer_id: str, attempt: Awaitable[object], *, served: bool) -> None:
         """Run one exchange; count its outcome for the node and the peer. Never raises for

@@ -29,8 +29,11 @@ import numpy as np
 import trio
 
 from gossipd.netapi import MessageStream, Stream, Transport, TransportError
+from gossipd.provenance import Provenance
+from gossipd.receipts import ExchangeFacts, swap_receipts
 from protocol.errors import ProtocolError, UnexpectedMessage
 from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, encode_message
+from protocol.receipt import params_hash
 from protocol.replay import ReplayCheck
 from protocol.session import AveragingSession
 
@@ -66,6 +69,8 @@ class LocalModel:
     replay: ReplayCheck | None = None
     wall_ms: Callable[[], int] = field(default=wall_clock_ms)
     merge_remote: Callable[[np.ndarray, np.ndarray, int], None] | None = None
+    provenance: Provenance | None = None  # receipts: signed by both, kept in the ledger
+    samples_since_exchange: Callable[[], int] = field(default=lambda: 0)
 
 
 @dataclass(frozen=True)
@@ -164,10 +169,24 @@ async def _finish(
 ) -> ExchangeOutcome:
     """Both roles, once keys exist: swap encrypted parameters, then mix theirs into ours."""
     remote, remote_step = await _swap_params(ms, session, session.params_frames(flat, step))
+    receipt = None
+    if model.provenance is not None:
+        # No merge before the peer's signature on the receipt verifies (gossipd/receipts.py).
+        assert session.exchange_id is not None
+        facts = ExchangeFacts(
+            initiator=session.initiator, exchange_id=session.exchange_id,
+            local_peer=model.peer_id_bytes, remote_peer=session.remote_peer_id,
+            time_ms=session.initiator_time_ms, local_step=step, remote_step=remote_step,
+            sent_hash=params_hash(flat), received_hash=params_hash(remote))
+        receipt = await swap_receipts(ms, facts, model.seed, model.provenance,
+                                      model.samples_since_exchange())
     if model.merge_remote is not None:
         model.merge_remote(flat, remote, remote_step)
     else:
         model.apply_remote(remote, remote_step)
+    if receipt is not None and model.provenance is not None:
+        with trio.CancelScope(shield=True):  # merged: the record must not be lost to a deadline
+            await model.provenance.record_receipt(receipt)
     return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received)
 
 

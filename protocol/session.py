@@ -187,6 +187,7 @@ class AveragingSession:
         )
         self._keys: SessionKeys | None = None
         self._remote_step: int | None = None
+        self._initiator_time_ms: int | None = None
         self._hello_sent = False
         self._hello_received = False
         self._params_sent = False
@@ -213,6 +214,17 @@ class AveragingSession:
     def keys(self) -> SessionKeys | None:
         """Derived directional keys (None before receive_hello); for tests/vectors."""
         return self._keys
+
+    @property
+    def remote_peer_id(self) -> bytes:
+        return self._remote_peer_id
+
+    @property
+    def initiator_time_ms(self) -> int:
+        """The initiator's Hello time: what both sides put into the exchange's receipt."""
+        if self._initiator_time_ms is None:
+            raise UnexpectedMessage("the initiator's time is unknown before both Hellos")
+        return self._initiator_time_ms
 
     @property
     def remote_step(self) -> int:
@@ -342,6 +354,7 @@ class AveragingSession:
         self._keys = derive_keys(shared, info, self._swarm_key)
         self._exchange_id = msg.exchange_id
         self._remote_step = msg.step
+        self._initiator_time_ms = self._time_ms if self._initiator else msg.time_ms
         self._hello_received = True
 
     # ------------------------------------------------------------ parameters
