@@ -62,6 +62,7 @@ class ExchangeStats:
     last_error: str | None = None
     bytes: exchange.ByteCounter = field(default_factory=exchange.ByteCounter)
     seconds_ok: float = 0.0  # total duration of successful exchanges, both roles
+    receipt_seconds: float = 0.0  # of which the receipt round and its ledger record
 
     def mean_seconds(self) -> float | None:
         n = self.ok + self.served_ok
@@ -179,7 +180,7 @@ class Node:
         role = "served" if served else "initiated"
         t0 = trio.current_time()
         try:
-            await attempt
+            outcome = await attempt
         except (ProtocolError, exchange.PeerRefused, TransportError, trio.TooSlowError) as exc:
             self.metrics.observe_exchange(role, outcome_of(exc), trio.current_time() - t0)
             if served:
@@ -196,6 +197,8 @@ class Node:
         else:
             self.metrics.observe_exchange(role, "ok", trio.current_time() - t0)
             self.stats.seconds_ok += trio.current_time() - t0
+            if isinstance(outcome, exchange.ExchangeOutcome):
+                self.stats.receipt_seconds += outcome.receipt_s
             if served:
                 self.stats.served_ok += 1
             else:
@@ -340,6 +343,10 @@ class Node:
             "bytes_received": self.stats.bytes.received,
             "consensus_estimate": self.metrics.consensus_estimate,
             "exchange_seconds_mean": self.stats.mean_seconds(),
+            "exchange_seconds_total": round(self.stats.seconds_ok, 4),
+            "receipt_seconds_total": round(self.stats.receipt_seconds, 4),
+            "ledger_bytes": None if self.provenance is None
+            else self.provenance.ledger.size_bytes,
         }
 
     metrics_content_type = METRICS_CONTENT_TYPE

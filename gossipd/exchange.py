@@ -79,6 +79,7 @@ class ExchangeOutcome:
     remote_step: int
     bytes_sent: int
     bytes_received: int
+    receipt_s: float = 0.0  # time spent on the receipt round and its ledger record
 
 
 @dataclass
@@ -170,7 +171,9 @@ async def _finish(
     """Both roles, once keys exist: swap encrypted parameters, then mix theirs into ours."""
     remote, remote_step = await _swap_params(ms, session, session.params_frames(flat, step))
     receipt = None
+    t_receipt = 0.0
     if model.provenance is not None:
+        t0 = trio.current_time()
         # No merge before the peer's signature on the receipt verifies (gossipd/receipts.py).
         assert session.exchange_id is not None
         facts = ExchangeFacts(
@@ -180,14 +183,18 @@ async def _finish(
             sent_hash=params_hash(flat), received_hash=params_hash(remote))
         receipt = await swap_receipts(ms, facts, model.seed, model.provenance,
                                       model.samples_since_exchange())
+        t_receipt = trio.current_time() - t0
     if model.merge_remote is not None:
         model.merge_remote(flat, remote, remote_step)
     else:
         model.apply_remote(remote, remote_step)
     if receipt is not None and model.provenance is not None:
+        t0 = trio.current_time()
         with trio.CancelScope(shield=True):  # merged: the record must not be lost to a deadline
             await model.provenance.record_receipt(receipt)
-    return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received)
+        t_receipt += trio.current_time() - t0
+    return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received,
+                           t_receipt)
 
 
 async def initiate(

@@ -15,7 +15,8 @@ from typing import Any
 MAX_SAMPLES = 4096
 FIELDS = ("step", "loss", "accuracy", "mixes", "live_peers", "exchanges_ok", "exchanges_failed",
           "exchanges_served_ok", "exchanges_served_failed", "bytes_sent", "bytes_received",
-          "consensus_estimate", "exchange_seconds_mean")
+          "consensus_estimate", "exchange_seconds_mean", "exchange_seconds_total",
+          "receipt_seconds_total", "ledger_bytes")
 
 
 class History:

@@ -230,6 +230,7 @@ class Ledger:
             self.records.append(rec)
             good = end
         self.dropped_bytes = len(blob) - good
+        self._size = good
         if self.dropped_bytes:
             with open(path, "r+b") as f:  # cut the torn tail: only that record is lost
                 f.truncate(good)
@@ -253,14 +254,23 @@ class Ledger:
         raw, rec = encode_record(self._seed, seq, prev, kind, now, data)
         os.write(self._fd, raw)
         os.fsync(self._fd)
+        self._size += len(raw)
         self.records.append(rec)
         return rec
 
-    def digests_since(self, seq: int, limit: int = 4096) -> list[bytes] | None:
-        """Body digests of the records after `seq` (what a peer that saw our head at `seq`
-        needs to check we only appended since); None if that is more than `limit`."""
-        newer = self.records[seq + 1 :] if seq >= 0 else self.records
+    def digests_since(self, seq: int, upto: int | None = None, limit: int = 4096
+                      ) -> list[bytes] | None:
+        """Body digests of the records after `seq` up to and including `upto` (default: the
+        head): what a peer that saw our head at `seq` needs to check that the head we showed
+        it now (`upto`) only extends it. None if that is more than `limit` records."""
+        end = len(self.records) if upto is None else upto + 1
+        newer = self.records[max(seq + 1, 0) : end]
         return None if len(newer) > limit else [r.digest for r in newer]
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the ledger file."""
+        return self._size
 
     def export(self) -> bytes:
         return self.path.read_bytes()

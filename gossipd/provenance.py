@@ -34,10 +34,11 @@ class Provenance:
 
     def _remember(self, body: ReceiptBody) -> None:
         me = self.ledger.peer_id_bytes
-        if body.initiator == me:
-            self._heads[body.responder] = body.responder_head
-        else:
-            self._heads[body.initiator] = body.initiator_head
+        peer, head = ((body.responder, body.responder_head) if body.initiator == me
+                      else (body.initiator, body.initiator_head))
+        known = self._heads.get(peer)
+        if known is None or head[0] > known[0]:  # concurrent exchanges finish in any order
+            self._heads[peer] = head
 
     def peer_head(self, peer: bytes) -> tuple[int, bytes] | None:
         return self._heads.get(peer)

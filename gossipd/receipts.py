@@ -7,7 +7,8 @@ Rules:
 - Each side builds the same receipt bytes (protocol/receipt.py) from what it sent, what it
   received and the peer's ReceiptInfo, signs it and sends the signature. A peer's parameters are
   merged only once its signature verifies: a peer that refuses to sign gets no merge.
-- History check: we remember the last ledger head each peer showed us (from our own receipts).
+- History check: we remember the newest ledger head each peer showed us (from our own
+  receipts; concurrent exchanges may record them out of order, so only a newer seq replaces).
   The peer's digests must fold from that head onto the head it announces now; a peer whose new
   head is behind the old one, or does not extend it, rewrote its history: HistoryRewritten, a
   strike, no merge.
@@ -81,7 +82,8 @@ async def swap_receipts(ms: MessageStream, facts: ExchangeFacts, seed: bytes,
     body = ReceiptBody(facts.exchange_id, ids[0], ids[1], facts.time_ms, steps[0], steps[1],
                        hashes[0], hashes[1], ALGORITHM, COMPRESSION, first[0], second[0],
                        first[1], second[1]).to_bytes()
-    digests = ledger.digests_since(theirs.seen_seq) or []
+    # Only up to the head we announced: other exchanges may have appended since.
+    digests = ledger.digests_since(theirs.seen_seq, upto=seq) or []
     my_sig = sign_receipt(seed, body)
     await ms.send(encode_message(ReceiptSig(sig=my_sig, digests=digests)))
     reply = await _receive(ms, ReceiptSig)

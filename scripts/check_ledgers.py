@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Verify the provenance ledgers of a testnet run and cross-check their receipts.
+
+    scripts/check_ledgers.py testnet-out            (after scripts/testnet.py run --out testnet-out)
+
+For every DIR/node*/state/ledger.bin: every link and signature (a torn last record, left by a
+SIGKILL mid-append, is reported and not counted); then every receipt must appear, byte for byte
+and identically signed, in the ledgers of both peers it names. Prints one row per node and the
+cross-check; `--json` for scripts. Exit 0 when every ledger verifies and every receipt of a node
+that was not killed is found on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gossipd.ledger import LedgerError, Record, iter_records, verify_records  # noqa: E402
+from protocol.receipt import ReceiptBody  # noqa: E402
+
+
+def read(path: Path) -> tuple[list[Record], int]:
+    blob = path.read_bytes()
+    records: list[Record] = []
+    good = 0
+    for _offset, end, rec in iter_records(blob):
+        if rec is None:
+            break
+        records.append(rec)
+        good = end
+    return records, len(blob) - good
+
+
+def check(out: Path) -> dict[str, Any]:
+    nodes: dict[str, Any] = {}
+    by_exchange: dict[bytes, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    owners: dict[bytes, str] = {}
+    for path in sorted(out.glob("node*/state/ledger.bin")):
+        name = path.parent.parent.name
+        records, torn = read(path)
+        row: dict[str, Any] = {"records": len(records), "bytes": path.stat().st_size,
+                               "torn_bytes": torn, "ok": True, "error": None}
+        try:
+            verify_records(records)
+        except LedgerError as exc:
+            row.update(ok=False, error=str(exc))
+        receipts = [r for r in records if r.kind == "receipt"]
+        row["receipts"] = len(receipts)
+        row["bytes_per_record"] = round(row["bytes"] / max(1, len(records)), 1)
+        if records:
+            owners[records[0].data["peer_id"]] = name
+        for r in receipts:
+            by_exchange[ReceiptBody.from_bytes(r.data["body"]).exchange_id].append((name, r.data))
+        nodes[name] = row
+    matched, unmatched = 0, []
+    for xid, holders in by_exchange.items():
+        body = ReceiptBody.from_bytes(holders[0][1]["body"])
+        expected = {owners.get(body.initiator, "?"), owners.get(body.responder, "?")}
+        names = {n for n, _ in holders}
+        same = all(d == holders[0][1] for _, d in holders)
+        if names == expected and len(holders) == 2 and same:
+            matched += 1
+        else:
+            unmatched.append({"exchange_id": xid.hex(), "found_on": sorted(names),
+                              "expected_on": sorted(expected), "identical": same})
+    return {"nodes": nodes, "receipts_matched": matched, "receipts_unmatched": unmatched}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="check_ledgers.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="a testnet output directory")
+    parser.add_argument("--killed", default="", help="comma-separated node names that were "
+                        "SIGKILLed (their last receipt may be torn)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = check(args.out)
+    killed = {k for k in args.killed.split(",") if k}
+    bad = [u for u in result["receipts_unmatched"] if not set(u["expected_on"]) & killed]
+    ok = all(n["ok"] for n in result["nodes"].values()) and not bad and result["nodes"]
+    if args.json:
+        print(json.dumps({**result, "ok": bool(ok)}, indent=2))
+    else:
+        print(f"{'node':<8} {'records':>8} {'receipts':>9} {'bytes':>9} {'B/record':>10} "
+              f"{'torn':>5}  verified")
+        for name, n in result["nodes"].items():
+            per = f"{n['bytes_per_record']:.0f}"
+            print(f"{name:<8} {n['records']:>8} {n['receipts']:>9} {n['bytes']:>9} {per:>10} "
+                  f"{n['torn_bytes']:>5}  {'yes' if n['ok'] else 'NO: ' + str(n['error'])}")
+        print(f"receipts on both peers, identical: {result['receipts_matched']}; "
+              f"unmatched: {len(result['receipts_unmatched'])} "
+              f"({len(result['receipts_unmatched']) - len(bad)} involve a killed node)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
