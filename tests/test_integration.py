@@ -113,3 +113,12 @@ def test_three_node_testnet_converges_and_survives_a_sigkill(tmp_path: Path) -> 
     assert summary["leftovers"] == {"processes_alive": [], "sockets_left": [],
                                     "ports_listening": []}
     assert summary["consensus_distance"] < 1.0
+    # provenance: every ledger verifies and every receipt is on both peers, identically signed
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "check_ledgers.py"), str(out), "--killed",
+         "node2", "--json"], capture_output=True, text=True, env=env(), timeout=120)
+    ledgers = json.loads(check.stdout)
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert all(n["ok"] and n["receipts"] > 5 for n in ledgers["nodes"].values())
+    assert ledgers["receipts_matched"] > 10
+    assert all("node2" in u["expected_on"] for u in ledgers["receipts_unmatched"])
