@@ -9,7 +9,7 @@ SECONDS ?= 60
 PARTITION ?= dirichlet:0.1
 OUT ?= testnet-out
 
-.PHONY: testnet test unit lint fmt clean
+.PHONY: testnet test unit lint fmt clean bench scale-sim
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 testnet: $(STAMP)
 	$(BIN)/python scripts/testnet.py run --nodes $(NODES) --seconds $(SECONDS) \
 		--partition $(PARTITION) --out $(OUT)
+
+# Measurements behind README "Results" (scripts, not tests; several minutes each).
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_convergence.py
+	$(BIN)/python scripts/bench_overhead.py
+	$(BIN)/python scripts/bench_cost.py
+
+scale-sim: $(STAMP)
+	$(BIN)/python scripts/scale_sim.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

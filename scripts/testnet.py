@@ -1,16 +1,32 @@
 #!/usr/bin/env python3
-"""Local multi-process testnet: N gossipd processes on 127.0.0.1, run, measure, stop, summarise.
+"""Local multi-process testnet: N gossipd processes on 127.0.0.1.
 
     scripts/testnet.py run --nodes 4 --seconds 90 --partition dirichlet:0.1 --out testnet-out
+    scripts/testnet.py run ... --fault kill:3@30 --fault restart:3@50 --fault pause:1@20+15
+    scripts/testnet.py up --nodes 3 --dir tn      # start, leave running (tn/testnet.json)
+    scripts/testnet.py status --dir tn            # pid, state, step, accuracy, peers per node
+    scripts/testnet.py kill|restart|pause|resume NODE --dir tn
+    scripts/testnet.py down --dir tn              # stop every node, remove the socket dir
 
-Each node gets its own directory under --out (config.toml, state/ with its key, gossipd.log) and
-a control socket in a short private temp dir (Unix socket paths are limited to 108 bytes). All
-nodes start at once; node 0's key and port are fixed beforehand and its address is every other
-node's only bootstrap peer, so the rest must find each other by peer exchange.
-Readiness is polled over the control sockets (no fixed sleeps). At the end every node's status and
-parameters are collected, all nodes get SIGTERM (SIGKILL after 15 s, counted as a failure), and
-DIR/summary.json plus a table are written. Exit status 0 when every node started, answered and
-stopped cleanly; 1 otherwise.
+Every node gets its own directory (config.toml, state/ with its key, gossipd.log), a fixed
+loopback port and a control socket in a short private temp dir (Unix socket paths are limited to
+108 bytes). All nodes start at once; every key and port is fixed beforehand and node 0's address
+is every other node's only bootstrap peer (`--bootstrap all`: every other node's), so the rest
+must find each other by peer exchange. Readiness is polled over the control sockets (no fixed
+sleeps). A restart reuses the node's config, state dir, key and port.
+
+`run`: start, run S seconds while applying the fault schedule, poll every node's parameters every
+--sample-every seconds and its history every --report-every seconds, then collect every node's
+status and parameters, SIGTERM all nodes (SIGKILL after 15 s, counted as a failure), and write
+DIR/summary.json, DIR/timeseries.json, PNG plots and DIR/report.md (scripts/report.py), plus a
+table. Exit status 0 when every node started, answered and stopped cleanly (nodes the schedule
+killed excepted); 1 otherwise.
+
+`up` and the commands after it: the nodes run in their own sessions, so they outlive the shell
+that started them; DIR/testnet.json records pids, sockets, ports, configs and the seed. A pid is
+signalled only while /proc/PID still shows that gossipd process (its start time and --config
+path match the record), so a recycled pid is never touched. Exit status 0 ok, 1 a node failed
+(not ready, did not stop cleanly, left something behind), 2 usage (no testnet there, bad node).
 """
 
 from __future__ import annotations
@@ -18,6 +34,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
+import heapq
 import json
 import os
 import shutil
@@ -28,31 +46,31 @@ import sys
 import tempfile
 import time
 import tomllib
-from dataclasses import dataclass, field
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from gossipd.cli import ControlError, request  # noqa: E402
 from gossipd.identity import load_or_create_seed, peer_id_for_seed  # noqa: E402
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
+STATE_FILE = "testnet.json"
+LOCK_FILE = ".testnet.lock"
+FAULT_ACTIONS = ("kill", "stop", "restart", "pause", "resume")
+# Environment a node must not inherit: a systemd credential or notify socket meant for this shell
+# would give every node the same key or send their READY=1 to someone else.
+UNINHERITED_ENV = ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
-@dataclass
-class NodeProc:
-    index: int
-    dir: Path
-    socket: Path
-    proc: subprocess.Popen[bytes]
-    log: Any
-    status: dict[str, Any] = field(default_factory=dict)
-    params: Any = None
-    exit_code: int | None = None
-    killed: bool = False
+# ---------------------------------------------------------------------------------------------
+# configs, ports, processes
 
 
 def _toml_value(v: Any) -> str:
@@ -85,6 +103,8 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def node_env() -> dict[str, str]:
     env = dict(os.environ)
+    for name in UNINHERITED_ENV:
+        env.pop(name, None)
     # Many nodes share few cores: one compute thread per node keeps them from thrashing.
     env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -93,82 +113,362 @@ def node_env() -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports on 127.0.0.1 that nothing listens on right now. libp2p binds with
+    SO_REUSEPORT, so a port shared by two of our nodes would not even fail: keep them distinct."""
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
-def start_node(args: argparse.Namespace, i: int, sockdir: Path, bootstrap: list[str],
-               overrides: dict[str, dict[str, Any]], listen: str) -> NodeProc:
-    ndir = args.out / f"node{i}"
-    ndir.mkdir(parents=True, exist_ok=True)
-    sock = sockdir / f"n{i}.sock"
-    sections: dict[str, dict[str, Any]] = {
-        "node": {"state_dir": str(ndir / "state"), "control_socket": str(sock),
-                 "log_level": args.log_level},
-        "network": {"listen": [listen], "bootstrap": bootstrap,
-                    "discovery_interval_s": 1.0},
-        "averaging": {"enabled": not args.local_only},
-        "train": {"task": args.task, "partition": args.partition, "num_shards": args.nodes,
-                  "shard_index": i, "seed": args.seed},
-    }
-    for section, values in overrides.items():
-        sections.setdefault(section, {}).update(values)
-    write_config(ndir / "config.toml", sections)
-    log = open(ndir / "gossipd.log", "ab")  # noqa: SIM115 - closed in stop_all
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gossipd.main", "--config", str(ndir / "config.toml")],
-        stdout=log, stderr=subprocess.STDOUT, env=node_env(), cwd=ndir,
-    )
-    return NodeProc(i, ndir, sock, proc, log)
+def port_listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_ready(nodes: list[NodeProc], deadline: float) -> None:
-    pending = list(nodes)
-    while pending:
-        for n in list(pending):
-            if n.proc.poll() is not None:
-                tail = (n.dir / "gossipd.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"node {n.index} exited with {n.proc.returncode}:\n{tail}")
-            if n.socket.exists():
-                try:
-                    n.status = request(n.socket, "status", timeout=5)
-                except ControlError:
-                    continue
-                pending.remove(n)
+@dataclass
+class NodeSpec:
+    """One node as testnet.json records it."""
+
+    index: int
+    dir: str
+    config: str
+    socket: str
+    port: int
+    peer_id: str
+    addr: str
+    pid: int | None = None
+    start_ticks: int | None = None  # /proc/PID/stat field 22: tells a recycled pid apart
+    state: str = "new"  # running | paused | killed | stopped | exited
+    incarnations: int = 0
+
+    @property
+    def log(self) -> Path:
+        return Path(self.dir) / "gossipd.log"
+
+
+def plan_nodes(args: argparse.Namespace, base: Path, sockdir: Path) -> list[NodeSpec]:
+    """Keys, ports and config files of every node (nothing started yet)."""
+    # Every node's key is made up front: the swarm is closed, its allowlist is all nodes, and
+    # every node's address is known before any node starts.
+    ids = [peer_id_for_seed(load_or_create_seed(base / f"node{i}" / "state"))
+           for i in range(args.nodes)]
+    ports = free_ports(args.nodes)
+    addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{pid}" for p, pid in zip(ports, ids, strict=True)]
+    overrides = parse_overrides(args.set)
+    swarm = {"open": True} if args.open_swarm else {"members": ids}
+    specs = []
+    for i in range(args.nodes):
+        ndir = base / f"node{i}"
+        sock = sockdir / f"n{i}.sock"
+        if args.bootstrap == "all":
+            bootstrap = [a for j, a in enumerate(addrs) if j != i]
+        else:
+            bootstrap = [] if i == 0 else [addrs[0]]
+        sections: dict[str, dict[str, Any]] = {
+            "swarm": dict(swarm),
+            "node": {"state_dir": str(ndir / "state"), "control_socket": str(sock),
+                     "log_level": args.log_level},
+            "network": {"listen": [f"/ip4/127.0.0.1/tcp/{ports[i]}"], "bootstrap": bootstrap,
+                        "discovery_interval_s": 1.0},
+            "averaging": {"enabled": not args.local_only},
+            "train": {"task": args.task, "partition": args.partition, "num_shards": args.nodes,
+                      "shard_index": i, "seed": args.seed},
+        }
+        for section, values in overrides.items():
+            sections.setdefault(section, {}).update(values)
+        write_config(ndir / "config.toml", sections)
+        specs.append(NodeSpec(index=i, dir=str(ndir), config=str(ndir / "config.toml"),
+                              socket=str(sock), port=ports[i], peer_id=ids[i], addr=addrs[i]))
+    return specs
+
+
+def launch(spec: NodeSpec, *, own_session: bool) -> subprocess.Popen[bytes]:
+    """Start the node's gossipd; its output is appended to its gossipd.log."""
+    with open(spec.log, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gossipd.main", "--config", spec.config],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=node_env(),
+            cwd=spec.dir, start_new_session=own_session,
+        )
+    spec.pid = proc.pid
+    spec.start_ticks = proc_start_ticks(proc.pid)
+    spec.state = "running"
+    spec.incarnations += 1
+    return proc
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a process, None if there is none."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # the command name may contain spaces
+    return fields[0], int(fields[19])
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    st = _proc_stat(pid)
+    return None if st is None else st[1]
+
+
+def proc_state(spec: NodeSpec) -> str:
+    """'running', 'paused' (stopped by a signal) or 'gone' for the process recorded in spec.
+    Gone also covers a zombie, and a pid now used by some other process."""
+    if spec.pid is None:
+        return "gone"
+    st = _proc_stat(spec.pid)
+    if st is None or st[0] in ("Z", "X") or st[1] != spec.start_ticks:
+        return "gone"
+    try:
+        cmdline = Path(f"/proc/{spec.pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return "gone"
+    if b"gossipd.main" not in cmdline or spec.config.encode() not in cmdline:
+        return "gone"
+    return "paused" if st[0] in ("T", "t") else "running"
+
+
+def signal_node(spec: NodeSpec, sig: signal.Signals) -> bool:
+    """Send sig to the node's process if it is still that gossipd process; True if sent."""
+    if spec.pid is None or proc_state(spec) == "gone":
+        return False
+    try:
+        os.kill(spec.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(spec: NodeSpec, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while proc_state(spec) != "gone":
         if time.monotonic() > deadline:
-            raise RuntimeError(f"nodes {[n.index for n in pending]} not ready in time")
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stop_process(spec: NodeSpec, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """SIGCONT + SIGTERM, SIGKILL after STOP_TIMEOUT_S. True if it stopped on SIGTERM."""
+    if proc is not None and proc.poll() is not None:
+        return True
+    signal_node(spec, signal.SIGCONT)  # a stopped process handles SIGTERM only once continued
+    if not signal_node(spec, signal.SIGTERM):
+        return True
+    if proc is not None:
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+            return True
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+    if wait_gone(spec, STOP_TIMEOUT_S):
+        return True
+    signal_node(spec, signal.SIGKILL)
+    wait_gone(spec, 5.0)
+    return False
+
+
+def ready_status(spec: NodeSpec) -> dict[str, Any] | None:
+    if not Path(spec.socket).exists():
+        return None
+    try:
+        status: dict[str, Any] = request(Path(spec.socket), "status", timeout=5)
+    except ControlError:
+        return None
+    # The status must come from this incarnation, not from a stranger on a reused path.
+    return status if status.get("pid") == spec.pid else None
+
+
+def log_tail(spec: NodeSpec) -> str:
+    try:
+        return spec.log.read_text(errors="replace")[-2000:]
+    except FileNotFoundError:
+        return ""
+
+
+def wait_ready_specs(specs: list[NodeSpec], procs: dict[int, subprocess.Popen[bytes]],
+                     deadline: float) -> dict[int, dict[str, Any]]:
+    """Poll every node's control socket until it answers status; raise if one exits or the
+    deadline passes."""
+    pending = {s.index: s for s in specs}
+    statuses: dict[int, dict[str, Any]] = {}
+    while pending:
+        for i, s in list(pending.items()):
+            proc = procs.get(i)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"node {i} exited with {proc.returncode}:\n{log_tail(s)}")
+            status = ready_status(s)
+            if status is not None:
+                statuses[i] = status
+                del pending[i]
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"nodes {sorted(pending)} not ready in time")
         time.sleep(0.1)
+    return statuses
 
 
-def poll_status(nodes: list[NodeProc]) -> None:
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+@dataclass(order=True)
+class Fault:
+    at: float
+    seq: int
+    action: str = field(compare=False)
+    node: int = field(compare=False)
+    duration: float | None = field(default=None, compare=False)
+    auto: bool = field(default=False, compare=False)  # the resume that ends a timed pause
+
+    def describe(self) -> str:
+        extra = f"+{self.duration:g}" if self.duration is not None else ""
+        return f"{self.action}:{self.node}@{self.at:g}{extra}"
+
+
+def parse_fault(text: str, seq: int) -> Fault:
+    """ACTION:NODE@SECONDS[+DURATION], e.g. kill:3@30, restart:3@50, pause:1@20+15."""
+    action, colon, rest = text.partition(":")
+    node, at_sign, when = rest.partition("@")
+    at, plus, duration = when.partition("+")
+    try:
+        if not (colon and at_sign) or action not in FAULT_ACTIONS:
+            raise ValueError
+        fault = Fault(at=float(at), seq=seq, action=action, node=int(node),
+                      duration=float(duration) if plus else None)
+    except ValueError:
+        raise ValueError(f"--fault expects ACTION:NODE@SECONDS[+DURATION] with ACTION one of "
+                         f"{', '.join(FAULT_ACTIONS)}, got {text!r}") from None
+    if fault.at < 0 or (fault.duration is not None and fault.duration <= 0):
+        raise ValueError(f"--fault {text!r}: times must be >= 0, durations > 0")
+    if fault.duration is not None and action != "pause":
+        raise ValueError(f"--fault {text!r}: only pause takes +DURATION")
+    return fault
+
+
+def parse_faults(args: argparse.Namespace) -> list[Fault]:
+    """--fault items and the --kill alias, checked against --nodes; ValueError if bad."""
+    faults = [parse_fault(f, i) for i, f in enumerate(args.fault)]
+    if args.kill:
+        idx, _, at = args.kill.partition("@")
+        faults.append(parse_fault(f"kill:{idx}@{at}", len(faults)))
+    for f in faults:
+        if not 0 <= f.node < args.nodes:
+            raise ValueError(f"fault {f.describe()}: no node {f.node} "
+                             f"(nodes 0..{args.nodes - 1})")
+    return faults
+
+
+@dataclass
+class RunNode:
+    spec: NodeSpec
+    proc: subprocess.Popen[bytes]
+    status: dict[str, Any] = field(default_factory=dict)
+    params: Any = None
+    exit_code: int | None = None
+    killed: bool = False  # the last incarnation was SIGKILLed by the schedule
+    stopped: bool = False  # the last incarnation was stopped by the schedule (SIGTERM)
+    paused: bool = False
+    starting: bool = False  # restarted and not answering yet
+    started_wall: float | None = None  # history anchor of the current incarnation
+    history_t: float = -1.0  # last history sample fetched from the current incarnation
+    history: list[dict[str, Any]] = field(default_factory=list)
+    early_exits: list[int] = field(default_factory=list)
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
+    @property
+    def up(self) -> bool:
+        """Running, answering and not frozen: safe to send a command to."""
+        return not (self.killed or self.stopped or self.paused or self.starting) \
+            and self.proc.poll() is None
+
+
+class Collector:
+    """Time series of a run: node histories (fetched while each incarnation lives) and polled
+    parameter snapshots of all nodes at the same moments."""
+
+    def __init__(self, nodes: list[RunNode], wall0: float) -> None:
+        self.nodes = nodes
+        self.wall0 = wall0
+        self.polls: list[dict[str, Any]] = []
+
+    def pull_history(self, n: RunNode) -> None:
+        if not n.up:
+            return
+        try:
+            h = request(Path(n.spec.socket), "history", timeout=5, since=n.history_t)
+        except ControlError:
+            return
+        if n.started_wall is None:
+            n.started_wall = float(h["started_wall"])
+        for s in h["samples"]:
+            n.history_t = max(n.history_t, float(s["t"]))
+            n.history.append({**s, "t": round(n.started_wall - self.wall0 + float(s["t"]), 3),
+                              "incarnation": n.spec.incarnations})
+
+    def pull_all(self) -> None:
+        for n in self.nodes:
+            self.pull_history(n)
+
+    def sample_params(self, t: float) -> None:
+        sample: dict[str, Any] = {"t": round(t, 3), "vectors": {}, "steps": {}}
+        for n in self.nodes:
+            if not n.up:
+                continue
+            try:
+                p = request(Path(n.spec.socket), "params", timeout=3)
+            except ControlError:
+                continue
+            sample["vectors"][n.index] = p["data"]
+            sample["steps"][n.index] = p["step"]
+        if sample["vectors"]:
+            self.polls.append(sample)
+
+    def new_incarnation(self, n: RunNode) -> None:
+        n.started_wall = None
+        n.history_t = -1.0
+
+
+def poll_status(nodes: list[RunNode]) -> None:
     for n in nodes:
-        if n.killed or n.proc.poll() is not None:
+        if not n.up:
             continue
         with contextlib.suppress(ControlError):
-            n.status = request(n.socket, "status", timeout=5)
+            n.status = request(Path(n.spec.socket), "status", timeout=5)
 
 
-def progress_line(nodes: list[NodeProc], elapsed: float) -> str:
+def progress_line(nodes: list[RunNode], elapsed: float) -> str:
     parts = []
     for n in nodes:
-        if n.killed:
-            parts.append(f"n{n.index}: killed")
-            continue
-        s = n.status
-        acc = s.get("accuracy")
-        parts.append(f"n{n.index}: step {s.get('step', 0)} acc "
-                     f"{'-' if acc is None else f'{acc:.3f}'} peers {len(s.get('known_peers', []))}"
-                     f" ok {s.get('exchanges_ok', 0)}")
+        for flag in ("killed", "stopped", "paused", "starting"):
+            if getattr(n, flag):
+                parts.append(f"n{n.index}: {flag}")
+                break
+        else:
+            s = n.status
+            acc = s.get("accuracy")
+            parts.append(f"n{n.index}: step {s.get('step', 0)} acc "
+                         f"{'-' if acc is None else f'{acc:.3f}'} peers "
+                         f"{len(s.get('known_peers', []))} ok {s.get('exchanges_ok', 0)}")
     return f"[{elapsed:5.0f}s] " + " | ".join(parts)
 
 
-def stop_all(nodes: list[NodeProc]) -> None:
+def stop_all(nodes: list[RunNode]) -> None:
     for n in nodes:
         if n.proc.poll() is None:
+            n.proc.send_signal(signal.SIGCONT)  # a paused node handles SIGTERM once continued
             n.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for n in nodes:
@@ -178,49 +478,47 @@ def stop_all(nodes: list[NodeProc]) -> None:
             n.proc.kill()
             n.proc.wait()
         n.exit_code = n.proc.returncode
-        n.log.close()
 
 
-def evaluate(args: argparse.Namespace, nodes: list[NodeProc]) -> dict[str, Any]:
+def decode_params(data: str) -> Any:
     import numpy as np
 
-    from gossipd.data import Partition, load_shard
-    from gossipd.mixing import consensus_distance, mean_vector
-    from gossipd.trainer import Trainer, TrainHyper
-
-    shard = load_shard(args.task, num_shards=args.nodes, shard_index=0,
-                       partition=Partition.parse(args.partition), seed=args.seed)
-    alive = [n for n in nodes if n.params is not None]
-    vectors = [
-        np.frombuffer(base64.b64decode(n.params["data"]), dtype="<f4").copy() for n in alive
-    ]
-    hidden = args.overrides.get("train", {}).get("hidden", TrainHyper().hidden)
-    trainer = Trainer(args.task, shard, TrainHyper(hidden=hidden), args.seed)
-    accs = {n.index: float(trainer.evaluate(v)) for n, v in zip(alive, vectors, strict=True)}
-    avg = mean_vector(vectors) if vectors else None
-    return {
-        "node_accuracy": accs,
-        "avg_model_accuracy": None if avg is None else float(trainer.evaluate(avg)),
-        "consensus_distance": float(consensus_distance(vectors)) if vectors else None,
-    }
+    return np.frombuffer(base64.b64decode(data), dtype="<f4").copy()
 
 
-def _listening(addr: str) -> bool:
-    parts = addr.split("/")
-    if len(parts) < 5 or parts[1] != "ip4" or parts[3] != "tcp":
-        return False
-    with socket.socket() as probe:
-        probe.settimeout(1.0)
-        return probe.connect_ex((parts[2], int(parts[4]))) == 0
+class Evaluator:
+    """Test accuracy of parameter vectors, computed in this process after the nodes stopped
+    (so that evaluating does not take CPU from the nodes during the run)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from gossipd.data import Partition, load_shard
+        from gossipd.trainer import Trainer, TrainHyper
+
+        shard = load_shard(args.task, num_shards=args.nodes, shard_index=0,
+                           partition=Partition.parse(args.partition), seed=args.seed)
+        hidden = parse_overrides(args.set).get("train", {}).get("hidden", TrainHyper().hidden)
+        self.trainer = Trainer(args.task, shard, TrainHyper(hidden=hidden), args.seed)
+
+    def measure(self, vectors: dict[int, Any]) -> dict[str, Any]:
+        from gossipd.mixing import consensus_distance, mean_vector
+
+        vs = list(vectors.values())
+        if not vs:
+            return {"node_accuracy": {}, "avg_model_accuracy": None, "consensus_distance": None}
+        return {
+            "node_accuracy": {i: float(self.trainer.evaluate(v)) for i, v in vectors.items()},
+            "avg_model_accuracy": float(self.trainer.evaluate(mean_vector(vs))),
+            "consensus_distance": float(consensus_distance(vs)),
+        }
 
 
-def leftovers(nodes: list[NodeProc]) -> dict[str, Any]:
+def leftovers(nodes: list[RunNode]) -> dict[str, Any]:
     """What a finished testnet must not leave behind: processes, socket files, listening ports."""
     alive = [n.proc.pid for n in nodes if n.proc.poll() is None]
     # A SIGKILLed node cannot remove its socket; the daemon replaces such a stale file on its
     # next start. Only sockets of nodes that were asked to stop count as left behind.
-    sockets = [str(n.socket) for n in nodes if n.socket.exists() and not n.killed]
-    ports = [a for n in nodes for a in n.status.get("listen_addrs", []) if _listening(a)]
+    sockets = [n.spec.socket for n in nodes if Path(n.spec.socket).exists() and not n.killed]
+    ports = [n.spec.addr for n in nodes if port_listening(n.spec.port)]
     return {"processes_alive": alive, "sockets_left": sockets, "ports_listening": ports}
 
 
@@ -238,69 +536,162 @@ def print_table(summary: dict[str, Any]) -> None:
           f"mean node accuracy {summary['mean_node_accuracy']:.4f}   "
           f"min node accuracy {summary['min_node_accuracy']:.4f}   "
           f"consensus distance {summary['consensus_distance']:.3g}")
+    faults = " ".join(f["fault"] for f in summary["faults"]) or "none"
     print(f"mode {'local-only' if summary['local_only'] else 'gossip'}   "
-          f"partition {summary['partition']}   {summary['seconds']} s   "
+          f"partition {summary['partition']}   {summary['seconds']} s   faults {faults}   "
           f"leftovers {summary['leftovers']}")
+
+
+class RunState:
+    """The fault schedule's effect on the nodes of one run."""
+
+    def __init__(self, nodes: list[RunNode], collector: Collector) -> None:
+        self.nodes = nodes
+        self.collector = collector
+        self.kill_record: dict[str, Any] | None = None
+        self.applied: list[dict[str, Any]] = []
+
+    def _record(self, fault: Fault, elapsed: float, note: str | None = None) -> None:
+        entry: dict[str, Any] = {"fault": fault.describe(), "action": fault.action,
+                                 "node": fault.node, "at_s": round(elapsed, 1)}
+        if fault.duration is not None:
+            entry["duration_s"] = fault.duration
+        if fault.auto:
+            entry["auto"] = True
+        if note:
+            entry["skipped"] = note
+        self.applied.append(entry)
+        print(f"testnet: {fault.describe()} at {elapsed:.0f} s"
+              + (f": skipped, {note}" if note else ""), flush=True)
+
+    def apply(self, fault: Fault, elapsed: float, queue: list[Fault]) -> None:
+        n = self.nodes[fault.node]
+        alive = n.proc.poll() is None and not (n.killed or n.stopped)
+        if fault.action == "kill":
+            if not alive:
+                return self._record(fault, elapsed, "node is not running")
+            self.collector.pull_history(n)
+            n.proc.kill()  # SIGKILL also ends a stopped process
+            n.proc.wait()
+            n.killed, n.paused, n.starting = True, False, False
+            poll_status(self.nodes)
+            if self.kill_record is None:
+                self.kill_record = {
+                    "node": fault.node, "at_s": round(elapsed, 1),
+                    "exchanges_ok_at_kill": {
+                        m.index: m.status.get("exchanges_ok", 0) for m in self.nodes
+                        if not m.killed},
+                    "step_at_kill": {m.index: m.status.get("step", 0) for m in self.nodes
+                                     if not m.killed},
+                }
+        elif fault.action in ("stop", "restart"):
+            if alive:
+                self.collector.pull_history(n)
+                n.paused = False
+                if not stop_process(n.spec, n.proc):
+                    print(f"testnet: node {n.index} needed SIGKILL to stop", flush=True)
+                if n.proc.returncode != 0:
+                    n.early_exits.append(n.proc.returncode)
+            elif fault.action == "stop":
+                return self._record(fault, elapsed, "node is not running")
+            if fault.action == "stop":
+                n.stopped = True
+            else:
+                n.proc = launch(n.spec, own_session=False)
+                self.collector.new_incarnation(n)
+                n.killed = n.stopped = n.paused = False
+                n.starting = True
+        elif fault.action == "pause":
+            if not alive or n.paused or n.starting:
+                return self._record(fault, elapsed, "node is not running")
+            self.collector.pull_history(n)
+            n.proc.send_signal(signal.SIGSTOP)
+            n.paused = True
+            if fault.duration is not None:
+                heapq.heappush(queue, Fault(at=fault.at + fault.duration, seq=fault.seq,
+                                            action="resume", node=fault.node, auto=True))
+        elif fault.action == "resume":
+            if not n.paused:
+                return self._record(fault, elapsed, "node is not paused")
+            if n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGCONT)
+            n.paused = False
+        self._record(fault, elapsed)
+        return None
+
+    def check(self) -> None:
+        """Raise if a node exited that the schedule did not stop; mark restarted nodes ready."""
+        for n in self.nodes:
+            if n.killed or n.stopped:
+                continue
+            if n.proc.poll() is not None:
+                raise RuntimeError(f"node {n.index} exited early with {n.proc.returncode}:\n"
+                                   f"{log_tail(n.spec)}")
+            if n.starting:
+                status = ready_status(n.spec)
+                if status is not None:
+                    n.status, n.starting = status, False
+                    print(f"testnet: node {n.index} is back (pid {n.spec.pid})", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    args.overrides = parse_overrides(args.set)
-    kill_at = None
-    if args.kill:
-        idx, _, at = args.kill.partition("@")
-        kill_at = (int(idx), float(at))
+    faults = parse_faults(args)
+    heapq.heapify(faults)
     sockdir = Path(tempfile.mkdtemp(prefix="gtn-"))
-    nodes: list[NodeProc] = []
-    kill_record: dict[str, Any] | None = None
+    nodes: list[RunNode] = []
     ok = True
+    wall0 = time.time()
+    collector = Collector(nodes, wall0)
+    state = RunState(nodes, collector)
     try:
         t0 = time.monotonic()
-        # Node 0's key and port are fixed up front so that every node can start at once with
-        # node 0 as its only bootstrap peer (start-up is mostly JAX import and compile).
-        # Every node's key is made up front too: the swarm is closed, its allowlist is all nodes.
-        ids = [peer_id_for_seed(load_or_create_seed(args.out / f"node{i}" / "state"))
-               for i in range(args.nodes)]
-        swarm = {"open": True} if args.open_swarm else {"members": ids}
-        args.overrides = {"swarm": swarm, **args.overrides}
-        bootstrap = [f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{ids[0]}"]
-        first_listen = bootstrap[0].split("/p2p/")[0]
-        nodes = [start_node(args, i, sockdir, [] if i == 0 else bootstrap, args.overrides,
-                            listen=first_listen if i == 0 else "/ip4/127.0.0.1/tcp/0")
-                 for i in range(args.nodes)]
-        wait_ready(nodes, t0 + READY_TIMEOUT_S)
+        specs = plan_nodes(args, args.out, sockdir)
+        nodes += [RunNode(s, launch(s, own_session=False)) for s in specs]
+        statuses = wait_ready_specs(specs, {n.index: n.proc for n in nodes},
+                                    t0 + READY_TIMEOUT_S)
+        for n in nodes:
+            n.status = statuses[n.index]
         print(f"testnet: {args.nodes} nodes ready in {time.monotonic() - t0:.1f} s; "
               f"running {args.seconds:g} s ({'local-only' if args.local_only else 'gossip'}, "
               f"{args.partition}); logs in {args.out}", flush=True)
         start = time.monotonic()
-        next_report = start
+        collector.wall0 = wall0 = time.time()
+        next_report = next_sample = start
         while (elapsed := time.monotonic() - start) < args.seconds:
-            if kill_at and not nodes[kill_at[0]].killed and elapsed >= kill_at[1]:
-                nodes[kill_at[0]].proc.kill()
-                nodes[kill_at[0]].killed = True
+            while faults and faults[0].at <= elapsed:
+                state.apply(heapq.heappop(faults), elapsed, faults)
+            state.check()
+            now = time.monotonic()
+            if now >= next_sample:
+                collector.sample_params(elapsed)
+                next_sample += args.sample_every
+            if now >= next_report:
                 poll_status(nodes)
-                kill_record = {
-                    "node": kill_at[0], "at_s": round(elapsed, 1),
-                    "exchanges_ok_at_kill": {
-                        n.index: n.status.get("exchanges_ok", 0) for n in nodes if not n.killed},
-                    "step_at_kill": {n.index: n.status.get("step", 0) for n in nodes
-                                     if not n.killed},
-                }
-                print(f"testnet: SIGKILLed node {kill_at[0]} at {elapsed:.0f} s", flush=True)
-            for n in nodes:
-                if not n.killed and n.proc.poll() is not None:
-                    raise RuntimeError(f"node {n.index} exited early with {n.proc.returncode}")
-            if time.monotonic() >= next_report:
-                poll_status(nodes)
+                collector.pull_all()
                 print(progress_line(nodes, elapsed), flush=True)
                 next_report += args.report_every
-            time.sleep(0.2)
+            time.sleep(0.1)
+        # The end: a paused node is continued and a restarting one waited for, so that every
+        # node the schedule did not take down answers the final collection.
         for n in nodes:
-            if n.killed:
+            if n.paused and n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGCONT)
+                n.paused = False
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while any(n.starting for n in nodes):
+            state.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError("a restarted node did not come back in time")
+            time.sleep(0.1)
+        collector.sample_params(time.monotonic() - start)
+        collector.pull_all()
+        for n in nodes:
+            if not n.up:
                 continue
-            n.status = request(n.socket, "status", timeout=10)
-            n.params = request(n.socket, "params", timeout=10)
+            n.status = request(Path(n.spec.socket), "status", timeout=10)
+            n.params = request(Path(n.spec.socket), "params", timeout=10)
     except (RuntimeError, ControlError) as exc:
         print(f"testnet: {exc}", file=sys.stderr)
         ok = False
@@ -308,8 +699,9 @@ def run(args: argparse.Namespace) -> int:
         stop_all(nodes)
         left = leftovers(nodes)
         shutil.rmtree(sockdir, ignore_errors=True)
-    results = evaluate(args, nodes) if ok else {"node_accuracy": {}, "avg_model_accuracy": None,
-                                                 "consensus_distance": None}
+    evaluator = Evaluator(args)
+    final = {n.index: decode_params(n.params["data"]) for n in nodes if n.params is not None}
+    results = evaluator.measure(final) if ok else evaluator.measure({})
     rows = []
     for n in nodes:
         s = n.status
@@ -322,7 +714,8 @@ def run(args: argparse.Namespace) -> int:
             "exchanges_failed": s.get("exchanges_failed", 0),
             "exchanges_served_ok": s.get("exchanges_served_ok", 0),
             "known_peers": len(s.get("known_peers", [])), "killed": n.killed,
-            "exit_code": n.exit_code,
+            "stopped": n.stopped, "incarnations": n.spec.incarnations,
+            "exit_code": n.exit_code if not (n.killed or n.stopped) else n.proc.returncode,
         })
     accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
     summary = {
@@ -331,14 +724,284 @@ def run(args: argparse.Namespace) -> int:
         "mean_node_accuracy": sum(accs) / len(accs) if accs else 0.0,
         "min_node_accuracy": min(accs) if accs else 0.0,
         "local_only": args.local_only, "partition": args.partition, "task": args.task,
-        "seed": args.seed, "seconds": args.seconds, "leftovers": left, "kill": kill_record,
-        "ok": ok,
+        "seed": args.seed, "seconds": args.seconds, "leftovers": left,
+        "kill": state.kill_record, "faults": state.applied, "ok": ok,
     }
     clean = all(r["exit_code"] == 0 for r in rows if not r["killed"])
+    clean = clean and not any(n.early_exits for n in nodes)
     summary["ok"] = ok = ok and clean and not any(left.values())
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    series = timeseries(args, collector, evaluator, state.applied, wall0)
+    (args.out / "timeseries.json").write_text(json.dumps(series))
     print_table(summary)
+    try:
+        import report
+
+        written = report.write_report(args.out, summary, series)
+    except Exception:
+        traceback.print_exc()
+        print("testnet: writing the report failed", file=sys.stderr)
+        return 1
+    print(f"report: {', '.join(str(p.relative_to(args.out)) for p in written)} in {args.out}")
     return 0 if ok else 1
+
+
+def timeseries(args: argparse.Namespace, collector: Collector, evaluator: Evaluator,
+               faults: list[dict[str, Any]], wall0: float) -> dict[str, Any]:
+    """Evaluate the polled parameters (all nodes at the same moments) and bundle the node
+    histories: the input of scripts/report.py."""
+    polls = []
+    num_params = None
+    for p in collector.polls:
+        vectors = {i: decode_params(d) for i, d in p["vectors"].items()}
+        num_params = num_params or len(next(iter(vectors.values())))
+        polls.append({"t": p["t"], "steps": p["steps"], **evaluator.measure(vectors)})
+    return {
+        "nodes": args.nodes, "seconds": args.seconds, "started_wall": wall0,
+        "num_params": num_params, "sample_every_s": args.sample_every,
+        "local_only": args.local_only, "partition": args.partition,
+        "faults": faults, "polls": polls,
+        "history": {n.index: n.history for n in collector.nodes},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# up / status / kill / restart / pause / resume / down
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """One testnet command at a time per directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def load_state(directory: Path) -> dict[str, Any] | None:
+    path = directory / STATE_FILE
+    if not path.exists():
+        return None
+    state: dict[str, Any] = json.loads(path.read_text())
+    state["nodes"] = [NodeSpec(**n) for n in state["nodes"]]
+    return state
+
+
+def save_state(directory: Path, state: dict[str, Any]) -> None:
+    data = {**state, "nodes": [asdict(n) for n in state["nodes"]]}
+    tmp = directory / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(directory / STATE_FILE)
+
+
+def need_state(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    directory = args.dir.resolve()
+    state = load_state(directory)
+    if state is None:
+        print(f"testnet: no testnet in {directory} (no {STATE_FILE}; start one with "
+              f"`testnet.py up --dir {args.dir}`)", file=sys.stderr)
+        raise SystemExit(2)
+    return directory, state
+
+
+def need_node(state: dict[str, Any], index: int) -> NodeSpec:
+    nodes: list[NodeSpec] = state["nodes"]
+    if not 0 <= index < len(nodes):
+        print(f"testnet: no node {index} (nodes 0..{len(nodes) - 1})", file=sys.stderr)
+        raise SystemExit(2)
+    return nodes[index]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    directory = args.dir.resolve()
+    with locked(directory):
+        old = load_state(directory)
+        if old is not None:
+            live = [n.index for n in old["nodes"] if proc_state(n) != "gone"]
+            if live:
+                print(f"testnet: {directory} already runs nodes {live}; "
+                      f"`testnet.py down --dir {args.dir}` first", file=sys.stderr)
+                return 1
+        sockdir = Path(tempfile.mkdtemp(prefix="gtn-"))
+        specs = plan_nodes(args, directory, sockdir)
+        state: dict[str, Any] = {
+            "version": 1, "dir": str(directory), "socket_dir": str(sockdir),
+            "seed": args.seed, "task": args.task, "partition": args.partition,
+            "local_only": args.local_only, "bootstrap": args.bootstrap,
+            "created_wall": time.time(), "down": False, "nodes": specs,
+        }
+        t0 = time.monotonic()
+        procs = {}
+        try:
+            for s in specs:
+                procs[s.index] = launch(s, own_session=True)
+        finally:
+            save_state(directory, state)  # whatever started must be findable by `down`
+        try:
+            statuses = wait_ready_specs(specs, procs, t0 + READY_TIMEOUT_S)
+        except RuntimeError as exc:
+            print(f"testnet: {exc}", file=sys.stderr)
+            for s in specs:
+                stop_process(s, procs[s.index])
+                s.state = "stopped"
+            shutil.rmtree(sockdir, ignore_errors=True)
+            state["down"] = True
+            save_state(directory, state)
+            return 1
+        print(f"testnet: {len(specs)} nodes up in {time.monotonic() - t0:.1f} s; "
+              f"state in {directory / STATE_FILE}")
+        for s in specs:
+            print(f"  node {s.index}  pid {s.pid:<7} {s.addr}  socket {s.socket}  "
+                  f"shard {statuses[s.index]['shard']}")
+        return 0
+
+
+def node_row(spec: NodeSpec) -> dict[str, Any]:
+    live = proc_state(spec)
+    row: dict[str, Any] = {"index": spec.index, "pid": spec.pid, "port": spec.port,
+                           "peer_id": spec.peer_id, "recorded": spec.state,
+                           "process": live, "answering": False,
+                           "incarnations": spec.incarnations}
+    if live == "running":
+        try:
+            s = request(Path(spec.socket), "status", timeout=3)
+        except ControlError as exc:
+            row["error"] = str(exc)
+        else:
+            row.update(answering=True, step=s["step"], accuracy=s["accuracy"],
+                       live_peers=s["live_peers"], known_peers=len(s["known_peers"]),
+                       exchanges_ok=s["exchanges_ok"], exchanges_failed=s["exchanges_failed"],
+                       uptime_s=s["uptime_s"], training=s["training"])
+    return row
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    directory, state = need_state(args)
+    with locked(directory):
+        rows = [node_row(n) for n in state["nodes"]]
+    if args.json:
+        print(json.dumps({"dir": str(directory), "down": state["down"], "nodes": rows},
+                         indent=2))
+    else:
+        print(f"{'node':<5} {'pid':>7} {'process':<8} {'port':>6} {'step':>6} {'accuracy':>8} "
+              f"{'peers':>6} {'ex ok':>6} {'ex fail':>7} {'uptime':>7}")
+        for r in rows:
+            acc = r.get("accuracy")
+            up = r.get("uptime_s")
+            print(f"{r['index']:<5} {r['pid']!s:>7} {r['process']:<8} {r['port']:>6} "
+                  f"{r.get('step', '-')!s:>6} {'-' if acc is None else f'{acc:.4f}':>8} "
+                  f"{r.get('live_peers', '-')!s:>6} {r.get('exchanges_ok', '-')!s:>6} "
+                  f"{r.get('exchanges_failed', '-')!s:>7} "
+                  f"{'-' if up is None else f'{up:.0f}s':>7}")
+    # Healthy: every node that should run runs and answers; paused nodes are what was asked.
+    bad = [r for r in rows if (r["recorded"] == "running" and not r["answering"])
+           or (r["recorded"] == "paused" and r["process"] != "paused")]
+    return 1 if bad else 0
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
+    """kill (SIGKILL), pause (SIGSTOP), resume (SIGCONT) one node."""
+    directory, state = need_state(args)
+    sig, new_state = {"kill": (signal.SIGKILL, "killed"), "pause": (signal.SIGSTOP, "paused"),
+                      "resume": (signal.SIGCONT, "running")}[args.command]
+    with locked(directory):
+        spec = need_node(state, args.node)
+        live = proc_state(spec)
+        if live == "gone":
+            print(f"testnet: node {spec.index} is not running (pid {spec.pid}: "
+                  f"{spec.state})", file=sys.stderr)
+            return 1
+        if not signal_node(spec, sig):
+            print(f"testnet: node {spec.index} (pid {spec.pid}) vanished", file=sys.stderr)
+            return 1
+        want = {"killed": "gone", "paused": "paused", "running": "running"}[new_state]
+        deadline = time.monotonic() + 5.0
+        while proc_state(spec) != want and time.monotonic() < deadline:
+            time.sleep(0.02)
+        spec.state = new_state
+        save_state(directory, state)
+        print(f"testnet: node {spec.index} (pid {spec.pid}) {new_state} ({sig.name})")
+        return 0 if proc_state(spec) == want else 1
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    directory, state = need_state(args)
+    with locked(directory):
+        spec = need_node(state, args.node)
+        if state.get("down"):
+            print("testnet: this testnet is down; `testnet.py up` starts a new one",
+                  file=sys.stderr)
+            return 1
+        clean = True
+        if proc_state(spec) != "gone":
+            clean = stop_process(spec)
+        t0 = time.monotonic()
+        proc = launch(spec, own_session=True)
+        save_state(directory, state)
+        try:
+            wait_ready_specs([spec], {spec.index: proc}, t0 + READY_TIMEOUT_S)
+        except RuntimeError as exc:
+            print(f"testnet: {exc}", file=sys.stderr)
+            spec.state = "exited" if proc.poll() is not None else spec.state
+            save_state(directory, state)
+            return 1
+        print(f"testnet: node {spec.index} restarted (pid {spec.pid}, port {spec.port}, "
+              f"same key and state dir) and ready in {time.monotonic() - t0:.1f} s"
+              + ("" if clean else "; the old process needed SIGKILL"))
+        return 0 if clean else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    directory, state = need_state(args)
+    with locked(directory):
+        specs: list[NodeSpec] = state["nodes"]
+        running = [s for s in specs if proc_state(s) != "gone"]
+        for s in running:
+            signal_node(s, signal.SIGCONT)
+            signal_node(s, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        forced = []
+        for s in running:
+            if not wait_gone(s, max(0.0, deadline - time.monotonic())):
+                signal_node(s, signal.SIGKILL)
+                wait_gone(s, 5.0)
+                forced.append(s.index)
+        for s in specs:
+            if s in running:
+                s.state = "stopped"
+        # A node SIGKILLed earlier leaves its socket file; it is ours to remove with the dir.
+        left = {
+            "processes_alive": [s.pid for s in specs if proc_state(s) != "gone"],
+            "ports_listening": [s.port for s in specs if port_listening(s.port)],
+        }
+        shutil.rmtree(state["socket_dir"], ignore_errors=True)
+        left["sockets_left"] = [s.socket for s in specs if Path(s.socket).exists()]
+        state["down"] = True
+        save_state(directory, state)
+    print(f"testnet: stopped {len(running)} node(s)"
+          + (f"; SIGKILL needed for {forced}" if forced else "") + f"; leftovers {left}")
+    return 0 if not forced and not any(left.values()) else 1
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_node_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--task", default="digits-mlp")
+    p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--local-only", action="store_true", help="averaging off (the baseline)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a node config key, e.g. averaging.interval_s=0.3")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--open-swarm", action="store_true",
+                   help="no member allowlist (swarm.open = true); default: closed to the N nodes")
+    p.add_argument("--bootstrap", choices=("first", "all"), default="first",
+                   help="bootstrap peers of each node: node 0 only (default) or all others")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,24 +1009,50 @@ def main(argv: list[str] | None = None) -> int:
         prog="testnet.py", description="Run a local multi-process gossipd testnet on 127.0.0.1.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="start N nodes, run S seconds, collect, stop, summarise")
-    p.add_argument("--nodes", type=int, default=4)
+    _add_node_options(p)
     p.add_argument("--seconds", type=float, default=60)
-    p.add_argument("--task", default="digits-mlp")
-    p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--local-only", action="store_true", help="averaging off (the baseline)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--kill", help="SIGKILL node I at S seconds, e.g. 2@20")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a node config key, e.g. averaging.interval_s=0.3")
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--open-swarm", action="store_true",
-                   help="no member allowlist (swarm.open = true); default: closed to the N nodes")
+    p.add_argument("--fault", action="append", default=[], metavar="ACTION:NODE@S[+D]",
+                   help="at S seconds: kill (SIGKILL), stop (SIGTERM), restart (same key, state "
+                   "and port), pause (SIGSTOP; +D: SIGCONT D seconds later) or resume a node; "
+                   "repeatable, e.g. --fault kill:3@30 --fault restart:3@50")
+    p.add_argument("--kill", help="SIGKILL node I at S seconds, e.g. 2@20 (= --fault kill:I@S)")
     p.add_argument("--report-every", type=float, default=10.0, help="progress line period (s)")
+    p.add_argument("--sample-every", type=float, default=2.0,
+                   help="period (s) of the parameter polls behind the accuracy/consensus plots")
+    p = sub.add_parser("up", help="start N nodes and leave them running (state in DIR)")
+    _add_node_options(p)
+    p.add_argument("--dir", type=Path, required=True, help="testnet directory")
+    p = sub.add_parser("status", help="pid, state, step, accuracy, peers of every node")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    for name, text in (("kill", "SIGKILL a node"), ("pause", "SIGSTOP a node"),
+                       ("resume", "SIGCONT a paused node"),
+                       ("restart", "stop a node if it runs and start it again (same key, "
+                        "state dir and port)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("node", type=int)
+        p.add_argument("--dir", type=Path, required=True)
+    p = sub.add_parser("down", help="stop every node of the testnet and remove its sockets")
+    p.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.nodes < 1:
+    if args.command in ("run", "up") and args.nodes < 1:
         parser.error("--nodes must be >= 1")
-    return run(args)
+    if args.command == "run":
+        try:
+            parse_faults(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return run(args)
+    if args.command == "up":
+        return cmd_up(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "restart":
+        return cmd_restart(args)
+    if args.command == "down":
+        return cmd_down(args)
+    return cmd_signal(args)
 
 
 if __name__ == "__main__":
