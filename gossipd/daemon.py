@@ -51,6 +51,7 @@ from protocol.replay import ReplayCheck
 log = logging.getLogger("gossipd.node")
 
 JITTER = 0.25
+MAX_OUTGOING = 2  # exchanges this node has started and not finished, at most
 
 
 @dataclass
@@ -236,15 +237,28 @@ class Node:
         return {"ok": ok, "peer_id": peer_id, "error": None if ok else self.stats.last_error}
 
     async def _averaging_loop(self) -> None:
-        # Settings are read every round, so a reload takes effect at the next exchange.
-        while True:
-            interval = self.config.averaging.interval_s
-            await trio.sleep(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
-            if not self.config.averaging.enabled or not self.participating:
-                continue
-            peer_id = self.peers.pick(trio.current_time())
-            if peer_id is not None:
-                await self._average_once(peer_id)
+        """Start one exchange per interval with a random live peer, in the background: a frozen
+        peer holds one of MAX_OUTGOING slots until its deadline, not the whole loop. A peer
+        already in an exchange we started is not picked again meanwhile."""
+        busy: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            while True:
+                # Settings are read every round, so a reload takes effect at the next exchange.
+                interval = self.config.averaging.interval_s
+                await trio.sleep(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+                if (not self.config.averaging.enabled or not self.participating
+                        or len(busy) >= MAX_OUTGOING):
+                    continue
+                peer_id = self.peers.pick(trio.current_time(), exclude=busy)
+                if peer_id is not None:
+                    busy.add(peer_id)
+                    nursery.start_soon(self._average_in_slot, peer_id, busy)
+
+    async def _average_in_slot(self, peer_id: str, busy: set[str]) -> None:
+        try:
+            await self._average_once(peer_id)
+        finally:
+            busy.discard(peer_id)
 
     async def _history_loop(self) -> None:
         while True:

@@ -156,9 +156,10 @@ class PeerTable:
         entry = self._peers.get(peer_id)
         return entry is not None and entry.banned(now)
 
-    def pick(self, now: float) -> str | None:
-        """A uniformly random peer that is not backed off, or None."""
-        live = [p.peer_id for p in self._peers.values() if p.available(now)]
+    def pick(self, now: float, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """A uniformly random peer that is not backed off (nor in `exclude`), or None."""
+        live = [p.peer_id for p in self._peers.values()
+                if p.available(now) and p.peer_id not in exclude]
         return self._rng.choice(live) if live else None
 
     def sample(self, k: int, now: float) -> list[str]:

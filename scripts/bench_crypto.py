@@ -8,8 +8,9 @@ For each plaintext size (MiB) two round trips are timed with time.perf_counter, 
   * gossipd: protocol.crypto.seal(key, plaintext) (default 1 MiB chunks, XChaCha20-Poly1305
     secretstream) followed by protocol.crypto.open_sealed(key, header, chunks, size);
   * wire: what an exchange does apart from the socket: AveragingSession.params_frames (encode the
-    float32 vector, seal each chunk (the session picks up to 1 MiB), frame it) on one side, FrameDecoder + from_wire +
-    AveragingSession.receive (open each chunk, decode, NaN check) on the other;
+    float32 vector, seal each chunk (the session picks up to 1 MiB), frame it) on one side,
+    FrameDecoder + from_wire + AveragingSession.receive (open each chunk, decode, NaN check) on
+    the other;
   * secretbox: nacl.bindings.crypto_secretbox(plaintext, nonce, key) on the whole buffer (XSalsa20-
     Poly1305) followed by crypto_secretbox_open(...), the cheapest authenticated encryption PyNaCl
     offers, as the reference.

@@ -121,7 +121,10 @@ async def test_four_nodes_with_one_bootstrap_all_know_each_other(
 
 
 async def test_frozen_peer_costs_one_timeout_and_training_goes_on(
-        autojump_clock: trio.testing.MockClock) -> None:
+        mock_clock: trio.testing.MockClock) -> None:
+    # Training steps run in a worker thread: let the clock jump only after 20 ms of real idle
+    # time, so a step in flight finishes before simulated seconds pass.
+    mock_clock.autojump_threshold = 0.02
     net = MemoryNetwork()
     a, b = make_node(net, "a", 0.0, timeout=3.0), make_node(net, "b", 1.0)
     async with trio.open_nursery() as nursery:
@@ -337,3 +340,21 @@ async def test_reload_logs_applied_keys_and_warns_about_restart_keys(
     levels = {r.getMessage(): r.levelno for r in caplog.records}
     assert levels["reloaded: averaging.interval_s"] == logging.INFO
     assert levels["reload: needs a restart to apply: train.hidden"] == logging.WARNING
+
+
+async def test_a_frozen_peer_does_not_stall_averaging_with_the_others(
+        autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    a, b, c = (make_node(net, n, v, timeout=3.0) for n, v in (("a", 0.0), ("b", 1.0), ("c", 2.0)))
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        await start(nursery, a, b, c)
+        net.frozen.add(b.transport.peer_id)
+        for peer in (b, c):
+            a.peers.add(peer.transport.peer_id, ["/memory"], trio.current_time())
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    entry_c = a.peers.get(c.transport.peer_id)
+    assert entry_c is not None and entry_c.exchanges_ok >= 10  # ~every 0.2 s, b or not
+    entry_b = a.peers.get(b.transport.peer_id)
+    assert entry_b is not None and entry_b.exchanges_ok == 0
