@@ -7,6 +7,7 @@
     scripts/testnet.py status --dir tn            # pid, state, step, accuracy, peers per node
     scripts/testnet.py kill|restart|pause|resume NODE --dir tn
     scripts/testnet.py down --dir tn              # stop every node, remove the socket dir
+    scripts/testnet.py dashboard --dir tn         # live page of the whole testnet
 
 Every node gets its own directory (config.toml, state/ with its key, gossipd.log), a fixed
 loopback port and a control socket in a short private temp dir (Unix socket paths are limited to
@@ -1035,6 +1036,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dir", type=Path, required=True)
     p = sub.add_parser("down", help="stop every node of the testnet and remove its sockets")
     p.add_argument("--dir", type=Path, required=True)
+    p = sub.add_parser("dashboard", help="serve the live testnet page (peer graph, every "
+                       "node's curves, the averaged model) for a testnet started with `up`")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--port", type=int, default=0, help="loopback port (default: any free one)")
     args = parser.parse_args(argv)
     if args.command in ("run", "up") and args.nodes < 1:
         parser.error("--nodes must be >= 1")
@@ -1052,7 +1057,30 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_restart(args)
     if args.command == "down":
         return cmd_down(args)
+    if args.command == "dashboard":
+        return cmd_dashboard(args)
     return cmd_signal(args)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """The swarm dashboard (gossipd/dashboard.py) over the nodes recorded in DIR/testnet.json;
+    prints the URL and serves until Ctrl-C."""
+    import trio
+
+    from gossipd.dashboard import run_swarm_dashboard
+
+    _directory, state = need_state(args)
+    sockets = {f"n{n.index}": Path(n.socket) for n in state["nodes"]}
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(run_swarm_dashboard, sockets, request, "127.0.0.1",
+                                       args.port)
+            print(f"testnet dashboard: http://127.0.0.1:{port}/  (Ctrl-C stops it)", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(serve)
+    return 0
 
 
 if __name__ == "__main__":

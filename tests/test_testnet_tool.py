@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -166,6 +167,23 @@ def test_up_status_pause_resume_kill_restart_down(tmp_path: Path) -> None:
         until(lambda: cli.request(sockets[2], "status", timeout=10)["exchanges_ok"] > 0
               or cli.request(sockets[2], "status", timeout=10)["exchanges_served_ok"] > 0,
               60, "the restarted node to exchange")
+
+        # the testnet view over the recorded nodes
+        dash = subprocess.Popen([sys.executable, str(SCRIPT), "dashboard", "--dir", str(d)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env())
+        try:
+            assert dash.stdout is not None
+            url = dash.stdout.readline().decode().split()[2]
+
+            def swarm_up() -> bool:
+                with urllib.request.urlopen(url + "api/swarm", timeout=10) as r:
+                    nodes_seen = json.load(r)["nodes"]
+                return len(nodes_seen) == 3 and all(n["up"] for n in nodes_seen.values())
+
+            until(swarm_up, 30, "the testnet dashboard to show 3 live nodes")
+        finally:
+            dash.terminate()
+            dash.wait(timeout=15)
 
         ok(tn_cmd("down", "--dir", d))
         for pid in [*pids, new["pid"]]:
