@@ -216,6 +216,12 @@ class Opener:
             )
         except (nacl.exceptions.CryptoError, ValueError):
             raise IntegrityError(f"chunk {self._index} failed authentication") from None
+        self._accept(tag, last)
+        return bytes(piece)
+
+    def _accept(self, tag: int, last: bool) -> None:
+        """The tag rules of an authenticated chunk: FINAL on the last chunk only, MESSAGE on
+        every other one, nothing else; then the stream moves on (or ends)."""
         if tag == _TAG_FINAL and not last:
             raise IntegrityError("data after the FINAL chunk")
         if tag != _TAG_FINAL and last:
@@ -224,7 +230,6 @@ class Opener:
             raise IntegrityError(f"unexpected secretstream tag {tag}")
         self._index += 1
         self._dead = last
-        return bytes(piece)
 
     def pull_into(self, chunk: Buffer, last: bool, out: Buffer) -> int:
         """Like ``pull``, decrypting into ``out`` (writable, at least ``len(chunk) - ABYTES``
@@ -250,14 +255,7 @@ class Opener:
         if rc != 0:
             raise IntegrityError(f"chunk {self._index} failed authentication")
         tag = int(tag_out[0])
-        if tag == _TAG_FINAL and not last:
-            raise IntegrityError("data after the FINAL chunk")
-        if tag != _TAG_FINAL and last:
-            raise IntegrityError("stream truncated: last chunk is not FINAL")
-        if tag not in (_TAG_FINAL, _TAG_MESSAGE):
-            raise IntegrityError(f"unexpected secretstream tag {tag}")
-        self._index += 1
-        self._dead = last
+        self._accept(tag, last)
         return plain_len
 
 
