@@ -45,7 +45,7 @@ examples:
   gossipd --new-key /etc/gossipd/identity.key     create a node key (systemd LoadCredential=)
   gossipctl status                                ask a running node how it is doing
 
-config: TOML with sections [node] [network] [averaging] [train]; see README.md for every key.
+config: TOML with sections [node] [swarm] [network] [averaging] [train]; see README.md.
 signals: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the config file (peers, intervals, log level).
 exit status: 0 clean stop, 1 start-up failure, 2 config error.
 """
