@@ -133,11 +133,11 @@ def build_handlers(node: Node) -> dict[str, Handler]:
                                                         "step": step, "file": info.path.name})
         return info.as_dict()
 
-    def provenance(_req: dict[str, Any]) -> Any:
+    async def provenance(_req: dict[str, Any]) -> Any:
         if node.provenance is None:
             raise ClientError("this node keeps no provenance ledger")
         names = {node.transport.peer_id_bytes(p): p for p in node.peers.known()}
-        return node.provenance.lineage(names)
+        return await node.provenance.lineage(names)
 
     async def checkpoint_list(_req: dict[str, Any]) -> Any:
         infos = await trio.to_thread.run_sync(checkpoint.list_checkpoints, ckpt_dir)

@@ -53,6 +53,8 @@ KINDS = ("genesis", "receipt", "checkpoint", "data", "peer-head")
 MAX_BODY = 64 * 1024
 _LEN = struct.Struct(">I")
 _TAIL = 32 + 64
+# Digests a node can send a peer to prove its ledger only grew (= protocol MAX_LEDGER_DIGESTS).
+KEEP_DIGESTS = 4096
 
 
 class LedgerError(Exception):
@@ -163,12 +165,7 @@ def iter_records(blob: bytes) -> Iterator[tuple[int, int, Record | None]]:
         pos = end
 
 
-def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) -> None:
-    """Links, sequence numbers and signatures of a whole ledger, genesis first; LedgerError
-    naming the first record that fails. The signer is the peer named in genesis (or
-    `peer_id_bytes` when given, which genesis must then match)."""
-    from protocol.receipt import verify_receipt
-
+def _owner_key(records: list[Record], peer_id_bytes: bytes | None) -> bytes:
     if not records:
         raise LedgerError("empty ledger: no genesis record")
     genesis = records[0]
@@ -178,15 +175,30 @@ def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) ->
     if not isinstance(owner, bytes) or (peer_id_bytes is not None and owner != peer_id_bytes):
         raise LedgerError("genesis does not name this ledger's owner")
     try:
-        key = ed25519_public_key_from_peer_id(owner)
+        return ed25519_public_key_from_peer_id(owner)
     except AuthenticationError as exc:
         raise LedgerError(f"genesis names an unusable peer ID: {exc}") from None
+
+
+def _check_links(records: list[Record]) -> None:
     prev = ZERO
     for i, rec in enumerate(records):
         if rec.seq != i:
             raise LedgerError(f"record {i}: sequence number {rec.seq} (removed or reordered)")
         if rec.prev != prev:
             raise LedgerError(f"record {i}: does not link to record {i - 1}")
+        prev = rec.hash
+
+
+def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) -> None:
+    """Links, sequence numbers and every signature of a whole ledger, genesis first, and both
+    signatures of every receipt; LedgerError naming the first record that fails. The signer is
+    the peer named in genesis (or `peer_id_bytes` when given, which genesis must then match)."""
+    from protocol.receipt import verify_receipt
+
+    key = _owner_key(records, peer_id_bytes)
+    _check_links(records)
+    for i, rec in enumerate(records):
         try:
             verify(key, rec.hash, rec.sig)
         except AuthenticationError:
@@ -196,7 +208,39 @@ def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) ->
                 verify_receipt(rec.data)
             except ProtocolError as exc:
                 raise LedgerError(f"record {i}: receipt does not verify: {exc}") from None
-        prev = rec.hash
+
+
+def verify_own(records: list[Record], peer_id_bytes: bytes) -> None:
+    """What a node checks of its own ledger at start: every link, and the signature of the
+    last record. The last hash commits to every record before it, so a record changed without
+    the key breaks a link or that signature; re-checking every signature (and receipt, checked
+    when it was received) would make a start cost grow with the ledger."""
+    key = _owner_key(records, peer_id_bytes)
+    _check_links(records)
+    try:
+        verify(key, records[-1].hash, records[-1].sig)
+    except AuthenticationError:
+        raise LedgerError(f"record {len(records) - 1}: bad signature") from None
+
+
+def read_records(path: Path) -> tuple[list[Record], int]:
+    """The whole records of a ledger file, and the byte offset where they end. Only the last
+    record can be torn (appends are whole records); a bad record with more bytes after it is
+    damage, not a crash: LedgerError, and nothing is cut."""
+    blob = path.read_bytes() if path.exists() else b""
+    records: list[Record] = []
+    good = 0
+    for offset, end, rec in iter_records(blob):
+        if rec is None:
+            if end < len(blob):
+                raise LedgerError(
+                    f"{path}: record at byte {offset} is damaged and more records follow; "
+                    f"this is not a torn append. Keep the file for inspection (gossipctl "
+                    f"provenance verify) and move it aside to start a new ledger")
+            break
+        records.append(rec)
+        good = end
+    return records, good
 
 
 def verify_file(path: Path) -> list[Record]:
@@ -213,7 +257,11 @@ def verify_file(path: Path) -> list[Record]:
 
 
 class Ledger:
-    """This node's ledger: opened (and repaired) at start, appended to as the node works."""
+    """This node's ledger: opened (and repaired) at start, appended to as the node works.
+
+    Memory stays bounded however long the node runs: only the head, the last record of each
+    kind and the body digests of the newest KEEP_DIGESTS records are held; `read()` gets the
+    records from the file (in a worker thread when the event loop is running)."""
 
     def __init__(self, path: Path, seed: bytes, peer_id_bytes: bytes) -> None:
         self.path = path
@@ -221,59 +269,62 @@ class Ledger:
         self.peer_id_bytes = peer_id_bytes
         if public_key_from_seed(seed) != ed25519_public_key_from_peer_id(peer_id_bytes):
             raise ValueError("ledger seed does not belong to the peer ID")
-        blob = path.read_bytes() if path.exists() else b""
-        self.records: list[Record] = []
-        good = 0
-        for _offset, end, rec in iter_records(blob):
-            if rec is None:
-                break
-            self.records.append(rec)
-            good = end
-        self.dropped_bytes = len(blob) - good
+        size = path.stat().st_size if path.exists() else 0
+        records, good = read_records(path)
+        self.dropped_bytes = size - good
         self._size = good
         if self.dropped_bytes:
             with open(path, "r+b") as f:  # cut the torn tail: only that record is lost
                 f.truncate(good)
                 f.flush()
                 os.fsync(f.fileno())
-        if self.records:
-            verify_records(self.records, peer_id_bytes)
+        if records:
+            verify_own(records, peer_id_bytes)
+        self._head = (records[-1].seq, records[-1].hash) if records else (-1, ZERO)
+        self.last_of_kind: dict[str, Record] = {r.kind: r for r in records}
+        self._digests = [r.digest for r in records[-KEEP_DIGESTS:]]
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        if not self.records:
+        if not records:
             self.append("genesis", {"peer_id": peer_id_bytes})
 
     @property
     def head(self) -> tuple[int, bytes]:
-        last = self.records[-1]
-        return last.seq, last.hash
+        return self._head
+
+    def __len__(self) -> int:
+        return self._head[0] + 1
+
+    def read(self) -> list[Record]:
+        return read_records(self.path)[0]
 
     def append(self, kind: str, data: dict[str, Any], time_ms: int | None = None) -> Record:
-        seq, prev = (self.records[-1].seq + 1, self.records[-1].hash) if self.records \
-            else (0, ZERO)
+        seq, prev = self._head[0] + 1, self._head[1]
         now = time.time_ns() // 1_000_000 if time_ms is None else time_ms
         raw, rec = encode_record(self._seed, seq, prev, kind, now, data)
         os.write(self._fd, raw)
         os.fsync(self._fd)
         self._size += len(raw)
-        self.records.append(rec)
+        self._head = (rec.seq, rec.hash)
+        self.last_of_kind[kind] = rec
+        self._digests.append(rec.digest)
+        del self._digests[:-KEEP_DIGESTS]
         return rec
 
-    def digests_since(self, seq: int, upto: int | None = None, limit: int = 4096
-                      ) -> list[bytes] | None:
+    def digests_since(self, seq: int, upto: int | None = None) -> list[bytes] | None:
         """Body digests of the records after `seq` up to and including `upto` (default: the
         head): what a peer that saw our head at `seq` needs to check that the head we showed
-        it now (`upto`) only extends it. None if that is more than `limit` records."""
-        end = len(self.records) if upto is None else upto + 1
-        newer = self.records[max(seq + 1, 0) : end]
-        return None if len(newer) > limit else [r.digest for r in newer]
+        it now (`upto`) only extends it. None when they are older than the KEEP_DIGESTS kept."""
+        upto = self._head[0] if upto is None else upto
+        first_kept = self._head[0] + 1 - len(self._digests)
+        start = max(seq + 1, 0)
+        if start < first_kept or upto - start + 1 > KEEP_DIGESTS:
+            return None
+        return self._digests[start - first_kept : upto - first_kept + 1]
 
     @property
     def size_bytes(self) -> int:
         """Bytes of the ledger file."""
         return self._size
-
-    def export(self) -> bytes:
-        return self.path.read_bytes()
 
     def close(self) -> None:
         if self._fd >= 0:

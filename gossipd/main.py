@@ -92,7 +92,7 @@ def _open_provenance(cfg: config_mod.Config, seed: bytes, trainer: Any) -> Prove
     task = {k: v for k, v in config_mod.flatten(cfg).items() if k.startswith("train.")}
     provenance.record_data_sync(trainer.data_hash, trainer.data_samples, task)
     seq, head = ledger.head
-    log.info("ledger %s: %d records, head %d %s", ledger.path, len(ledger.records), seq,
+    log.info("ledger %s: %d records, head %d %s", ledger.path, len(ledger), seq,
              head.hex()[:16])
     return provenance
 
@@ -192,9 +192,10 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def _startup_problem(exc: BaseException) -> str | None:
     """A start-up failure the operator can fix (socket in use, port taken), or None for a bug."""
     from gossipd.control import ControlSocketError
+    from gossipd.ledger import LedgerError
 
     for leaf in _leaves(exc):
-        if isinstance(leaf, ControlSocketError):
+        if isinstance(leaf, ControlSocketError | LedgerError):
             return str(leaf)
         if isinstance(leaf, OSError):
             return f"{leaf} (is another node using the same port or state directory?)"

@@ -8,7 +8,7 @@ Rules:
 - Every completed exchange adds a `receipt` record signed by both peers (protocol/receipt.py).
 - `lineage()` summarises the ledger for `gossipctl provenance`: contributing peers with their
   exchange and sample counts, the latest exchanges, data and checkpoints.
-Appends fsync, so they run in a worker thread, one at a time.
+Appends fsync and `lineage` reads the whole file, so both run in a worker thread, one at a time.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Provenance:
         self._limiter = trio.CapacityLimiter(1)
         # The last ledger head each peer showed us, as our own receipts recorded it.
         self._heads: dict[bytes, tuple[int, bytes]] = {}
-        for rec in ledger.records:
+        for rec in ledger.read():  # once, at start
             if rec.kind == "receipt":
                 self._remember(ReceiptBody.from_bytes(rec.data["body"]))
 
@@ -56,13 +56,18 @@ class Provenance:
                          ) -> Record | None:
         """At start (before the event loop serves peers): a data record unless unchanged."""
         data = {"dataset_hash": data_hash, "samples": samples, "task": task_config}
-        last = next((r for r in reversed(self.ledger.records) if r.kind == "data"), None)
+        last = self.ledger.last_of_kind.get("data")
         if last is not None and last.data == data:
             return None
         return self.ledger.append("data", data)
 
-    def lineage(self, peer_names: dict[bytes, str], latest: int = 20) -> dict[str, Any]:
-        records = self.ledger.records
+    async def lineage(self, peer_names: dict[bytes, str], latest: int = 20) -> dict[str, Any]:
+        """The summary of `gossipctl provenance`; reads the ledger file in a worker thread."""
+        return await trio.to_thread.run_sync(self._lineage, peer_names, latest,
+                                             limiter=self._limiter)
+
+    def _lineage(self, peer_names: dict[bytes, str], latest: int) -> dict[str, Any]:
+        records = self.ledger.read()
         me = self.ledger.peer_id_bytes
         contributions: Counter[str] = Counter()
         samples: Counter[str] = Counter()

@@ -11,7 +11,8 @@ Rules:
   receipts; concurrent exchanges may record them out of order, so only a newer seq replaces).
   The peer's digests must fold from that head onto the head it announces now; a peer whose new
   head is behind the old one, or does not extend it, rewrote its history: HistoryRewritten, a
-  strike, no merge.
+  strike, no merge. A gap of more than KEEP_DIGESTS records cannot be proven in one message; it
+  is logged as unchecked (so a peer could hide a rewrite behind such a jump: PROTOCOL.md 4.7).
 - Messages here are small (the digests at most 128 KiB), so each side may write before it reads.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from gossipd.ledger import fold
+from gossipd.ledger import KEEP_DIGESTS, fold
 from gossipd.netapi import MessageStream
 from gossipd.provenance import Provenance
 from protocol.crypto import ed25519_public_key_from_peer_id, verify
@@ -82,7 +83,8 @@ async def swap_receipts(ms: MessageStream, facts: ExchangeFacts, seed: bytes,
     body = ReceiptBody(facts.exchange_id, ids[0], ids[1], facts.time_ms, steps[0], steps[1],
                        hashes[0], hashes[1], ALGORITHM, COMPRESSION, first[0], second[0],
                        first[1], second[1]).to_bytes()
-    # Only up to the head we announced: other exchanges may have appended since.
+    # Only up to the head we announced: other exchanges may have appended since. None: the
+    # peer last saw us more than KEEP_DIGESTS records ago; it gets none and cannot check.
     digests = ledger.digests_since(theirs.seen_seq, upto=seq) or []
     my_sig = sign_receipt(seed, body)
     await ms.send(encode_message(ReceiptSig(sig=my_sig, digests=digests)))
@@ -95,7 +97,12 @@ async def swap_receipts(ms: MessageStream, facts: ExchangeFacts, seed: bytes,
     if seen is not None:
         old_seq, old_head = seen
         grown = theirs.head_seq - old_seq
-        if grown < 0 or len(reply.digests) != grown or \
+        if grown > KEEP_DIGESTS and not reply.digests:
+            # Too far apart to prove in one message: not evidence of a rewrite, and said so.
+            log.warning("cannot check the ledger of %s: it grew by %d records since we last "
+                        "saw it (more than %d)", facts.remote_peer.hex()[-12:], grown,
+                        KEEP_DIGESTS)
+        elif grown < 0 or len(reply.digests) != grown or \
                 fold(old_head, list(reply.digests)) != theirs.head_hash:
             raise HistoryRewritten(
                 f"peer's ledger head {theirs.head_seq} does not extend the head {old_seq} it "

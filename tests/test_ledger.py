@@ -41,7 +41,7 @@ def test_append_reopen_and_verify(tmp_path: Path) -> None:
     head = ledger.head
     ledger.close()
     again = Ledger(path, SEED_A, ID_A)
-    assert again.head == head and again.dropped_bytes == 0 and len(again.records) == 4
+    assert again.head == head and again.dropped_bytes == 0 and len(again) == 4
     records = verify_file(path)
     assert [r.kind for r in records] == ["genesis", "data", "receipt", "checkpoint"]
     with pytest.raises(ValueError):
@@ -56,7 +56,7 @@ def test_a_torn_last_record_is_dropped_and_nothing_before_it(tmp_path: Path) -> 
     for cut in (last_start + 1, last_start + 10, len(whole) - 1):
         path.write_bytes(whole[:cut])
         ledger = Ledger(path, SEED_A, ID_A)
-        assert len(ledger.records) == 3 and ledger.dropped_bytes == cut - last_start
+        assert len(ledger) == 3 and ledger.dropped_bytes == cut - last_start
         ledger.append("checkpoint", {"params_hash": b"\x44" * 32, "step": 200})
         ledger.close()
         assert [r.seq for r in verify_file(path)] == [0, 1, 2, 3]
@@ -125,7 +125,8 @@ def test_digests_prove_append_only_growth(tmp_path: Path) -> None:
     from gossipd.ledger import fold
 
     ledger = build(tmp_path / "ledger.bin")
-    seen_seq, seen_head = ledger.records[1].seq, ledger.records[1].hash
+    second = ledger.read()[1]
+    seen_seq, seen_head = second.seq, second.hash
     ledger.append("checkpoint", {"params_hash": b"\x66" * 32, "step": 300})
     digests = ledger.digests_since(seen_seq)
     assert digests is not None and len(digests) == 3
@@ -134,4 +135,31 @@ def test_digests_prove_append_only_growth(tmp_path: Path) -> None:
     rewritten = list(digests)
     rewritten[0] = bytes(32)
     assert fold(seen_head, rewritten) != ledger.head[1]
-    assert ledger.digests_since(-1, limit=2) is None
+    assert ledger.digests_since(seen_seq, upto=3) == digests[:2]  # up to an announced head
+
+
+def test_memory_is_bounded_and_old_digests_are_refused(tmp_path: Path) -> None:
+    from gossipd import ledger as ledger_mod
+
+    ledger = Ledger(tmp_path / "ledger.bin", SEED_A, ID_A)
+    for i in range(ledger_mod.KEEP_DIGESTS + 10):
+        ledger.append("checkpoint", {"step": i, "params_hash": bytes(32)})
+    assert len(ledger._digests) == ledger_mod.KEEP_DIGESTS
+    assert ledger.digests_since(0) is None  # too old to prove
+    recent = ledger.digests_since(len(ledger) - 3)
+    assert recent is not None and len(recent) == 2
+    ledger.close()
+    reopened = Ledger(tmp_path / "ledger.bin", SEED_A, ID_A)
+    assert reopened.head == ledger.head and reopened.digests_since(len(ledger) - 3) == recent
+
+
+def test_start_check_catches_a_tampered_record(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.bin"
+    build(path).close()
+    blob = bytearray(path.read_bytes())
+    blob[12] ^= 1  # inside record 0's body
+    path.write_bytes(bytes(blob))
+    # Damage before the last record is not a torn append: nothing is cut, the start stops.
+    with pytest.raises(LedgerError, match="damaged"):
+        Ledger(path, SEED_A, ID_A)
+    assert path.read_bytes() == bytes(blob)

@@ -36,7 +36,7 @@ def node(net: MemoryNetwork, name: str, value: float, state: Path | None) -> Nod
 
 def receipts(n: Node) -> list[dict[str, bytes]]:
     assert n.provenance is not None
-    return [r.data for r in n.provenance.ledger.records if r.kind == "receipt"]
+    return [r.data for r in n.provenance.ledger.read() if r.kind == "receipt"]
 
 
 async def test_both_ledgers_hold_the_same_receipt(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ async def test_both_ledgers_hold_the_same_receipt(tmp_path: Path) -> None:
         assert n.provenance is not None
         verify_file(n.provenance.ledger.path)
     assert b.provenance is not None and a.provenance is not None
-    lineage = a.provenance.lineage({})
+    lineage = await a.provenance.lineage({})
     assert lineage["receipts"] == 2 and lineage["contributors"][0]["exchanges"] == 2
 
 
