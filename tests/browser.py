@@ -11,9 +11,12 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -103,26 +106,43 @@ def _devtools_port(profile: Path, proc: subprocess.Popen[bytes]) -> int:
 
 @contextlib.asynccontextmanager
 async def open_page(chromium: str) -> AsyncIterator[Page]:
-    with tempfile.TemporaryDirectory(prefix="gdash-") as profile:
-        proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            port = await trio.to_thread.run_sync(_devtools_port, Path(profile), proc)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-                targets = json.load(r)
-            url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-            async with open_websocket_url(url, max_message_size=64 * 1024 * 1024) as ws, \
-                    trio.open_nursery() as nursery:
-                page = Page(ws)
-                nursery.start_soon(page._reader)
-                for domain in ("Runtime", "Log", "Page"):
-                    await page.call(f"{domain}.enable")
-                yield page
-                nursery.cancel_scope.cancel()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    profile = tempfile.mkdtemp(prefix="gdash-")
+    # Its own process group: Chromium's helper processes are ours to end with it, together.
+    proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        port = await trio.to_thread.run_sync(_devtools_port, Path(profile), proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            targets = json.load(r)
+        url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        async with open_websocket_url(url, max_message_size=64 * 1024 * 1024) as ws, \
+                trio.open_nursery() as nursery:
+            page = Page(ws)
+            nursery.start_soon(page._reader)
+            for domain in ("Runtime", "Log", "Page"):
+                await page.call(f"{domain}.enable")
+            yield page
+            nursery.cancel_scope.cancel()
+    finally:
+        _end_group(proc)
+        # A helper that was still writing the profile is gone now; retry the removal briefly.
+        for _ in range(20):
+            shutil.rmtree(profile, ignore_errors=True)
+            if not os.path.exists(profile):
+                break
+            time.sleep(0.1)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM Chromium's process group (the one started above), SIGKILL after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with contextlib.suppress(ProcessLookupError):  # helpers that outlived the main process
+        os.killpg(proc.pid, signal.SIGKILL)
