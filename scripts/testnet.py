@@ -207,12 +207,30 @@ def launch(spec: NodeSpec, *, own_session: bool) -> subprocess.Popen[bytes]:
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time in clock ticks) of a process, None if there is none."""
+    return _proc_stat_path(Path(f"/proc/{pid}/stat"))
+
+
+def _proc_stat_path(path: Path) -> tuple[str, int] | None:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = path.read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     fields = raw[raw.rindex(")") + 2:].split()  # the command name may contain spaces
     return fields[0], int(fields[19])
+
+
+def _threads_exiting(pid: int) -> bool:
+    """True while a thread of pid is still alive. A killed process's leader thread turns into
+    a zombie before its last thread has released the shared file table (its listener)."""
+    try:
+        tids = [t.name for t in Path(f"/proc/{pid}/task").iterdir()]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    for tid in tids:
+        st = _proc_stat_path(Path(f"/proc/{pid}/task/{tid}/stat"))
+        if st is not None and st[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -226,8 +244,10 @@ def proc_state(spec: NodeSpec) -> str:
     if spec.pid is None:
         return "gone"
     st = _proc_stat(spec.pid)
-    if st is None or st[0] in ("Z", "X") or st[1] != spec.start_ticks:
+    if st is None or st[1] != spec.start_ticks:
         return "gone"
+    if st[0] in ("Z", "X"):
+        return "running" if _threads_exiting(spec.pid) else "gone"
     try:
         cmdline = Path(f"/proc/{spec.pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
