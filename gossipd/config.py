@@ -29,6 +29,8 @@ class NodeConfig:
     log_level: str = "info"
     metrics_listen: str = ""  # "127.0.0.1:9464" serves GET /metrics there; "" = off
     dashboard_listen: str = ""  # "127.0.0.1:8470" serves the dashboard there; "" = off
+    checkpoint_interval_s: float = 60.0  # save the whole training state this often; 0 = off
+    checkpoint_keep: int = 5  # newest checkpoints kept in <state_dir>/checkpoints
 
     @property
     def socket_path(self) -> Path:
@@ -58,11 +60,24 @@ class AveragingConfig:
     timeout_s: float = 10.0
     weight: float = 0.5
     replay_window_s: float = 300.0
+    # "gossip": mix with a random peer every interval; "diloco": inner_steps local steps, then
+    # an exchange and an outer Nesterov step on the averaged pseudo-gradient.
+    algorithm: str = "gossip"
+    inner_steps: int = 50  # diloco: local steps between outer steps
+    outer_lr: float = 0.7  # diloco: outer learning rate
+    outer_momentum: float = 0.9  # diloco: outer Nesterov momentum
+    # Peers behind us by s steps count with weight * 2 ** (-s / staleness_halflife); 0 = off.
+    staleness_halflife: int = 0
+    compression: str = "none"  # "none" (float32), "bf16", "int8" (blockwise, error feedback)
+    join: str = "pull"  # a fresh node first takes a peer's model ("pull") or mixes it ("mix")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = "digits-mlp"
+    task: str = "digits-mlp"  # a built-in task name or "package.module:factory"
+    data_path: Path | None = None  # the task's local data (plugins); never sent anywhere
+    options: dict[str, Any] = field(default_factory=dict)  # [train.options], for the task
+    compute_dtype: str = "float32"  # "bfloat16": compute in bf16, keep float32 master params
     partition: str = "iid"
     num_shards: int = 1
     shard_index: int = 0
@@ -124,6 +139,22 @@ def _loopback(hp: tuple[str, int] | None) -> bool:
     return hp is not None and (hp[0] in ("localhost", "::1") or hp[0].startswith("127."))
 
 
+ALGORITHMS = ("gossip", "diloco")
+COMPRESSIONS = ("none", "bf16", "int8")
+
+
+def _is_factory_ref(text: str) -> bool:
+    """'package.module:factory' (dotted module path, one attribute name)."""
+    module, sep, attr = text.partition(":")
+    return bool(sep) and attr.isidentifier() and all(p.isidentifier() for p in module.split("."))
+
+
+def _plain_option(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_plain_option(v) and not isinstance(v, list) for v in value)
+    return isinstance(value, str | int | float | bool)
+
+
 def _parses(text: str) -> bool:
     try:
         Partition.parse(text)
@@ -157,7 +188,21 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "averaging.timeout_s": (lambda v: 0.1 <= v <= 600, "seconds in [0.1, 600]"),
     "averaging.weight": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "averaging.replay_window_s": (lambda v: 1 <= v <= 86400, "seconds in [1, 86400]"),
-    "train.task": (lambda v: v in TASKS, "one of " + ", ".join(TASKS)),
+    "node.checkpoint_interval_s": (lambda v: v == 0 or 1 <= v <= 86400,
+                                   "0 (off) or seconds in [1, 86400]"),
+    "node.checkpoint_keep": (lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
+    "averaging.algorithm": (lambda v: v in ALGORITHMS, "one of " + ", ".join(ALGORITHMS)),
+    "averaging.inner_steps": (lambda v: 1 <= v <= 1_000_000, "an integer in [1, 1000000]"),
+    "averaging.outer_lr": (lambda v: 0 < v <= 10, "a number in (0, 10]"),
+    "averaging.outer_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "averaging.staleness_halflife": (lambda v: 0 <= v <= 10_000_000, "0 (off) or steps >= 1"),
+    "averaging.compression": (lambda v: v in COMPRESSIONS, "one of " + ", ".join(COMPRESSIONS)),
+    "averaging.join": (lambda v: v in ("pull", "mix"), "\"pull\" or \"mix\""),
+    "train.task": (lambda v: v in TASKS or _is_factory_ref(v),
+                   "one of " + ", ".join(TASKS) + " or a plugin \"package.module:factory\""),
+    "train.compute_dtype": (lambda v: v in ("float32", "bfloat16"), "\"float32\" or \"bfloat16\""),
+    "train.options": (lambda v: all(_plain_option(x) for x in v.values()),
+                      "a table of strings, numbers, booleans or lists of them"),
     "train.partition": (_parses, "\"iid\" or \"dirichlet:ALPHA\""),
     "train.num_shards": (lambda v: 1 <= v <= 100_000, "an integer >= 1"),
     "train.shard_index": (lambda v: v >= 0, "an integer >= 0 and < train.num_shards"),
@@ -184,6 +229,7 @@ def _type_name(annotation: str) -> str:
         "float | None": "a number",
         "int | None": "an integer",
         "tuple[str, ...]": "a list of strings",
+        "dict[str, Any]": "a table",
     }.get(annotation, annotation)
 
 
@@ -215,6 +261,10 @@ def _coerce(key: str, annotation: str, value: Any, base: Path) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad
         return tuple(value)
+    if annotation == "dict[str, Any]":
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
     raise bad  # pragma: no cover - every field annotation is listed above
 
 
@@ -278,7 +328,8 @@ def flatten(config: Config) -> dict[str, Any]:
             value = getattr(part, f.name)
             out[f"{section.name}.{f.name}"] = (
                 str(value) if isinstance(value, Path) else list(value)
-                if isinstance(value, tuple) else value
+                if isinstance(value, tuple) else dict(value) if isinstance(value, dict)
+                else value
             )
     return out
 
