@@ -36,11 +36,11 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: $(STAMP)
-	$(BIN)/ruff check gossipd protocol tests scripts
+	$(BIN)/ruff check gossipd protocol tests scripts examples
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix gossipd protocol tests scripts
+	$(BIN)/ruff check --fix gossipd protocol tests scripts examples
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -163,6 +163,21 @@ def _parses(text: str) -> bool:
     return True
 
 
+def _partition_ok(text: str) -> bool:
+    # "topic" is the char-level LM's natural split; a plugin task interprets the string itself
+    # (its factory rejects what it does not know), so only its shape is checked here.
+    return _parses(text) or (bool(text) and text.replace(":", "").replace(".", "").replace(
+        "_", "").replace("-", "").isalnum())
+
+
+# Partitions each built-in task understands (plugins: whatever their factory accepts).
+_TASK_PARTITIONS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "digits-mlp": (_parses, "\"iid\" or \"dirichlet:ALPHA\""),
+    "wine-mlp": (_parses, "\"iid\" or \"dirichlet:ALPHA\""),
+    "charlm": (lambda v: v in ("topic", "iid"), "\"topic\" or \"iid\""),
+}
+
+
 # Extra per-key checks beyond the type: (predicate, what was expected).
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "node.log_level": (
@@ -203,7 +218,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.compute_dtype": (lambda v: v in ("float32", "bfloat16"), "\"float32\" or \"bfloat16\""),
     "train.options": (lambda v: all(_plain_option(x) for x in v.values()),
                       "a table of strings, numbers, booleans or lists of them"),
-    "train.partition": (_parses, "\"iid\" or \"dirichlet:ALPHA\""),
+    "train.partition": (_partition_ok, "\"iid\", \"dirichlet:ALPHA\" or \"topic\""),
     "train.num_shards": (lambda v: 1 <= v <= 100_000, "an integer >= 1"),
     "train.shard_index": (lambda v: v >= 0, "an integer >= 0 and < train.num_shards"),
     "train.steps_per_second": (lambda v: 0 < v <= 100_000, "a positive number"),
@@ -298,6 +313,10 @@ def from_mapping(data: Mapping[str, Any], base: Path) -> Config:
             f"config key 'train.shard_index': expected an integer < train.num_shards "
             f"({config.train.num_shards}), got {config.train.shard_index}"
         )
+    t = config.train
+    if t.task in _TASK_PARTITIONS and not _TASK_PARTITIONS[t.task][0](t.partition):
+        raise ConfigError(f"config key 'train.partition': task {t.task} expects "
+                          f"{_TASK_PARTITIONS[t.task][1]}, got {t.partition!r}")
     sw = config.swarm
     if not sw.open and not sw.members and sw.members_file is None and sw.secret_file is None:
         raise ConfigError(

@@ -75,6 +75,8 @@ UNINHERITED_ENV = ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "W
 
 
 def _toml_value(v: Any) -> str:
+    if isinstance(v, dict):  # [train.options] and the like, as a TOML inline table
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     return json.dumps(v)  # JSON scalars and string lists are valid TOML values
 
 
@@ -110,7 +112,9 @@ def node_env() -> dict[str, str]:
     env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # gossipd itself, then the directory the testnet was started from: a plugin task
+    # (train.task = "module:factory") next to the user's data imports as it would for them.
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.getcwd(), env.get("PYTHONPATH", "")])
     return env
 
 
@@ -184,6 +188,8 @@ def plan_nodes(args: argparse.Namespace, base: Path, sockdir: Path) -> list[Node
         }
         for section, values in overrides.items():
             sections.setdefault(section, {}).update(values)
+        if "data_path" in sections["train"]:  # nodes run in their own dirs: make it absolute
+            sections["train"]["data_path"] = str(Path(sections["train"]["data_path"]).resolve())
         write_config(ndir / "config.toml", sections)
         specs.append(NodeSpec(index=i, dir=str(ndir), config=str(ndir / "config.toml"),
                               socket=str(sock), port=ports[i], peer_id=ids[i], addr=addrs[i]))
@@ -512,13 +518,23 @@ class Evaluator:
     (so that evaluating does not take CPU from the nodes during the run)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from gossipd.data import Partition, load_shard
-        from gossipd.trainer import Trainer, TrainHyper
+        from gossipd.tasks import TaskContext
+        from gossipd.trainer import make_trainer
 
-        shard = load_shard(args.task, num_shards=args.nodes, shard_index=0,
-                           partition=Partition.parse(args.partition), seed=args.seed)
-        hidden = parse_overrides(args.set).get("train", {}).get("hidden", TrainHyper().hidden)
-        self.trainer = Trainer(args.task, shard, TrainHyper(hidden=hidden), args.seed)
+        # The nodes' own task and [train] overrides: a plugin task evaluates the same way,
+        # imported from where the testnet was started (as the nodes import it).
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        train = parse_overrides(args.set).get("train", {})
+        keys = ("lr", "lr_min", "decay_steps", "batch_size", "momentum", "l2", "hidden")
+        hyper: dict[str, Any] = {k: train[k] for k in keys if k in train}
+        data_path = train.get("data_path")
+        ctx = TaskContext(shard_index=0, num_shards=args.nodes, partition=args.partition,
+                          seed=args.seed, data_path=None if data_path is None else
+                          Path(data_path).resolve(), options=dict(train.get("options", {})),
+                          hyper=hyper)
+        self.trainer = make_trainer(args.task, ctx)
+        self.metric = self.trainer.metric
 
     def measure(self, vectors: dict[int, Any]) -> dict[str, Any]:
         from gossipd.mixing import consensus_distance, mean_vector
@@ -544,8 +560,10 @@ def leftovers(nodes: list[RunNode]) -> dict[str, Any]:
 
 
 def print_table(summary: dict[str, Any]) -> None:
+    metric = summary.get("metric", "accuracy")
+    worst = "min" if summary.get("higher_is_better", True) else "max"
     print()
-    print(f"{'node':<5} {'peer id':<16} {'accuracy':>8} {'step':>6} {'ex ok':>6} {'ex fail':>7} "
+    print(f"{'node':<5} {'peer id':<16} {metric[:8]:>8} {'step':>6} {'ex ok':>6} {'ex fail':>7} "
           f"{'sent':>10} {'received':>10} {'exit':>5}")
     for n in summary["nodes"]:
         acc = "-" if n["accuracy"] is None else f"{n['accuracy']:.4f}"
@@ -553,9 +571,9 @@ def print_table(summary: dict[str, Any]) -> None:
               f"{acc:>8} {n['step']:>6} {n['exchanges_ok']:>6} {n['exchanges_failed']:>7} "
               f"{n['bytes_sent']:>10} {n['bytes_received']:>10} {n['exit_code']!s:>5}")
     avg = summary["avg_model_accuracy"]
-    print(f"\naveraged-model accuracy {avg if avg is None else f'{avg:.4f}'}   "
-          f"mean node accuracy {summary['mean_node_accuracy']:.4f}   "
-          f"min node accuracy {summary['min_node_accuracy']:.4f}   "
+    print(f"\naveraged-model {metric} {avg if avg is None else f'{avg:.4f}'}   "
+          f"mean node {metric} {summary['mean_node_accuracy']:.4f}   "
+          f"{worst} node {metric} {summary['min_node_accuracy']:.4f}   "
           f"consensus distance {summary['consensus_distance']:.3g}")
     faults = " ".join(f["fault"] for f in summary["faults"]) or "none"
     print(f"mode {'local-only' if summary['local_only'] else 'gossip'}   "
@@ -739,11 +757,15 @@ def run(args: argparse.Namespace) -> int:
             "exit_code": n.exit_code if not (n.killed or n.stopped) else n.proc.returncode,
         })
     accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
+    # "accuracy" holds the task's score; for a lower-is-better one (perplexity) the worst
+    # node is the highest, and min_node_accuracy holds that worst value.
+    worst = min if evaluator.trainer.higher_is_better else max
     summary = {
         "nodes": rows, "avg_model_accuracy": results["avg_model_accuracy"],
+        "metric": evaluator.metric, "higher_is_better": evaluator.trainer.higher_is_better,
         "consensus_distance": results["consensus_distance"] or 0.0,
         "mean_node_accuracy": sum(accs) / len(accs) if accs else 0.0,
-        "min_node_accuracy": min(accs) if accs else 0.0,
+        "min_node_accuracy": worst(accs) if accs else 0.0,
         "local_only": args.local_only, "partition": args.partition, "task": args.task,
         "seed": args.seed, "seconds": args.seconds, "leftovers": left,
         "kill": state.kill_record, "faults": state.applied, "ok": ok,

@@ -282,3 +282,26 @@ def test_report_survives_a_killed_and_a_restarted_node(tmp_path: Path) -> None:
     assert ms and all(abs(m - 12.0) < 1e-6 for m in ms)
     xs, _ys = report.broken([(0.0, 1.0), (2.0, 1.0), (9.0, 1.0)], gap=5.0)
     assert xs[:2] == [0.0, 2.0] and xs[2] != xs[2] and xs[3] == 9.0  # NaN breaks the line
+
+
+@pytest.mark.integration
+def test_a_plugin_task_trains_across_a_testnet_by_config_alone(tmp_path: Path) -> None:
+    """The example CSV plugin (examples/csv_task.py, not part of the package): named in the
+    config, imported by every node from the directory the testnet started in."""
+    data = tmp_path / "mine.csv"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "csv_task.py"), str(data)],
+                   check=True, env=env(), timeout=60)
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "run", "--nodes", "2", "--seconds", "15", "--partition",
+         "iid", "--task", "csv_task:factory", "--set", f"train.data_path={json.dumps(str(data))}",
+         "--set", "train.options={hidden = 16}", "--out", str(out)],
+        capture_output=True, text=True, env=env(), timeout=300, cwd=ROOT / "examples")
+    ok(r)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "csv_task:factory" and summary["metric"] == "accuracy"
+    assert summary["ok"] and all(n["exchanges_ok"] + n["exchanges_served_ok"] > 0
+                                 for n in summary["nodes"])
+    assert summary["min_node_accuracy"] > 0.9
+    config = (out / "node0" / "config.toml").read_text()
+    assert "[train]" in config and '"hidden" = 16' in config
