@@ -16,6 +16,12 @@ Rules:
   runner's rule: C + w * (R - S)), or, for a model without it, to `apply_remote(R, step)`.
 - Parameters stream: each chunk is sealed as it is sent and opened as it arrives, straight into
   the receive buffer, so an exchange holds about one model-sized buffer (what it receives).
+- Compression (averaging.compression, gossipd/compress.py): the sender encodes its snapshot
+  ("bf16"/"int8", through the node's error-feedback hook) and streams the encoded buffer.
+  Everything after the swap uses the DEQUANTIZED sent vector S_hat, what the peer actually
+  got: the merge C + w * (R_hat - S_hat) and the receipt's sent hash. That keeps the pair's
+  sum exact and both receipts agreeing. The receiver always gets float32 from the session,
+  whatever encoding the peer chose.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from gossipd.provenance import Provenance
 from gossipd.receipts import ExchangeFacts, swap_receipts
 from protocol.errors import ProtocolError, UnexpectedMessage
 from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, encode_message
+from protocol.quant import decode, encode
 from protocol.receipt import params_hash
 from protocol.replay import ReplayCheck
 from protocol.session import AveragingSession
@@ -57,7 +64,12 @@ class LocalModel:
 
     `snapshot()` returns a vector nobody modifies while the exchange sends it. When
     `merge_remote` is set it receives (sent snapshot, remote vector, remote step) and
-    `apply_remote` is not called; the remote vector is the caller's to keep or overwrite."""
+    `apply_remote` is not called; the remote vector is the caller's to keep or overwrite.
+
+    `compression` is the encoding this node sends ("none", "bf16", "int8"); `compress`, when
+    set, turns a snapshot into (encoded buffer, dequantized vector) for it, e.g. the node's
+    gossipd.compress.ErrorFeedback. Without a hook a compressed mode is plain quantization
+    (no error feedback)."""
 
     peer_id_bytes: bytes
     seed: bytes
@@ -71,6 +83,8 @@ class LocalModel:
     merge_remote: Callable[[np.ndarray, np.ndarray, int], None] | None = None
     provenance: Provenance | None = None  # receipts: signed by both, kept in the ledger
     samples_since_exchange: Callable[[], int] = field(default=lambda: 0)
+    compression: str = "none"
+    compress: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,11 +179,23 @@ def _new_session(
     )
 
 
+def _compressed(model: LocalModel, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(payload to stream, dequantized vector it decodes to) of the snapshot ``flat``."""
+    if model.compression == "none":
+        return flat, flat
+    if model.compress is not None:
+        return model.compress(flat)
+    payload = encode(flat, model.compression)
+    return payload, decode(payload, int(flat.size), model.compression)
+
+
 async def _finish(
     ms: MessageStream, session: AveragingSession, model: LocalModel, flat: np.ndarray, step: int
 ) -> ExchangeOutcome:
     """Both roles, once keys exist: swap encrypted parameters, then mix theirs into ours."""
-    remote, remote_step = await _swap_params(ms, session, session.params_frames(flat, step))
+    payload, flat = _compressed(model, flat)  # from here on `flat` is what the peer receives
+    frames = session.params_frames(payload, step, encoding=model.compression)
+    remote, remote_step = await _swap_params(ms, session, frames)
     receipt = None
     t_receipt = 0.0
     if model.provenance is not None:

@@ -87,19 +87,17 @@ from .messages import (
     encode_message,
     to_wire,
 )
+from .quant import WIRE_DTYPES, encoded_size
 from .replay import ReplayCheck
 from .tensors import (
     CHUNK_FRAME_OVERHEAD,
     MAX_HEADER_LEN,
-    WIRE_DTYPE,
-    all_finite,
     auto_chunk_size,
-    check_params,
     decode_params,
-    params_header,
+    decode_payload,
     params_plaintext_bound,
     parse_params_header,
-    wire_view,
+    payload_parts,
 )
 
 __all__ = ["AveragingSession", "error_frame"]
@@ -370,21 +368,23 @@ class AveragingSession:
             raise UnexpectedMessage("Params before both Hellos were exchanged")
         return self._keys
 
-    def params_frames(self, flat: npt.NDArray[Any], step: int) -> Iterator[bytes | bytearray]:
+    def params_frames(self, flat: npt.NDArray[Any], step: int, *,
+                      encoding: str = "none") -> Iterator[bytes | bytearray]:
         """Framed ParamsStart, then one framed ParamsChunk per chunk, encrypted lazily as the
         caller pulls them, so a sender holds one sealed chunk at a time. Chunks are sealed
         from slices of ``flat`` itself (no serialised copy of the vector), so ``flat`` must not
         change until the last frame is pulled. Arguments, state and frame sizes are checked
-        before the first frame is returned."""
+        before the first frame is returned.
+
+        ``encoding`` ("none", "bf16", "int8"; PROTOCOL.md 4.4) is this sender's choice. With
+        "bf16"/"int8", ``flat`` is either the float32 vector (encoded here, into one buffer of
+        the encoded size) or the uint8 buffer ``protocol.quant.encode`` made of it (a sender
+        with error feedback encodes itself and sends that buffer as is)."""
         self._check_alive()
         keys = self._require_keys()
         if self._params_sent:
             raise UnexpectedMessage("Params already sent")
-        if np.asarray(flat).size != self._num_params:
-            raise ValueError(f"expected {self._num_params} parameters")
-        arr = check_params(flat, step)
-        header = params_header(int(arr.size), step)
-        data = wire_view(arr)
+        header, data = payload_parts(flat, step, encoding, self._num_params)
         size = len(header) + data.nbytes
         chunk = auto_chunk_size(size) if self._chunk_size is None else self._chunk_size
         count = chunk_count(size, chunk)
@@ -416,9 +416,10 @@ class AveragingSession:
                 piece = joined
             yield chunk_frame(sealer, piece, i == count - 1)
 
-    def params_frame(self, flat: npt.NDArray[Any], step: int) -> bytes:
+    def params_frame(self, flat: npt.NDArray[Any], step: int, *,
+                     encoding: str = "none") -> bytes:
         """All of ``params_frames`` as one bytes object (small models, tests)."""
-        return b"".join(self.params_frames(flat, step))
+        return b"".join(self.params_frames(flat, step, encoding=encoding))
 
     def receive_params_start(self, msg: ParamsStart) -> None:
         self._check_alive()
@@ -506,16 +507,19 @@ def chunk_frame(sealer: Sealer, piece: Buffer, final: bool) -> bytearray:
 class _Inbound:
     """The peer's parameters while they arrive: one opener and one buffer of the announced
     plaintext size (bounded by the caller) that every chunk is opened straight into. The buffer
-    starts 0-3 bytes in, so that in the standard layout (protocol.tensors.params_header, then
-    the data) the data lands 4-byte aligned and is returned as a float32 view of the buffer."""
+    starts 0-3 bytes in, so that in the standard "<f4" layout (protocol.tensors.params_header,
+    then the data) the data lands 4-byte aligned and is returned as a float32 view of the
+    buffer. The sender's encoding is only known once the header is open: the announced size
+    fixes the header length each encoding would have, and at most one of those headers can
+    match (their dtype strings differ). bf16/int8 data is decoded from the buffer into a new
+    float32 array; anything else goes to the general decoder and its errors."""
 
     def __init__(self, opener: Opener, size: int, chunks: int, num_params: int) -> None:
         self._opener = opener
         self._size = size
         self._num_params = num_params
         head_len = size - 4 * num_params
-        self._head_len = head_len if 0 < head_len <= MAX_HEADER_LEN else None
-        self._offset = -head_len % 4 if self._head_len is not None else 0
+        self._offset = -head_len % 4 if 0 < head_len <= MAX_HEADER_LEN else 0
         self._buf = np.empty(self._offset + size, np.uint8)
         self._view = self._buf.data
         self._filled = 0
@@ -538,13 +542,14 @@ class _Inbound:
         return self._decode()
 
     def _decode(self) -> tuple[npt.NDArray[np.float32], int]:
-        o, h = self._offset, self._head_len
-        step = None
-        if h is not None:
-            step = parse_params_header(bytes(self._buf[o : o + h]), self._num_params)
-        if step is None or h is None:  # not the standard layout: the general decoder, its errors
-            return decode_params(bytes(self._buf[o : o + self._size]), self._num_params)
-        data = self._buf[o + h : o + self._size].view(WIRE_DTYPE)
-        if not all_finite(data):
-            raise DecodeError("params contain NaN or Inf")
-        return data.astype(np.float32, copy=False), step
+        payload = self._buf[self._offset : self._offset + self._size]
+        n = self._num_params
+        for mode, dtype in WIRE_DTYPES.items():
+            h = self._size - encoded_size(n, mode)
+            if not 0 < h <= MAX_HEADER_LEN:
+                continue
+            step = parse_params_header(bytes(payload[:h]), n, dtype)
+            if step is not None:
+                return decode_payload(payload[h:], n, dtype), step
+        # Not a standard layout: the general decoder, with its errors.
+        return decode_params(bytes(payload), n)

@@ -47,9 +47,11 @@ from .messages import (
     ReceiptSig,
     encode_message,
 )
+from .quant import WIRE_DTYPES, decode, encode
 from .tensors import encode_params
 
-__all__ = ["VECTOR_DIR", "build_handshake", "build_messages", "build_params", "main"]
+__all__ = ["VECTOR_DIR", "build_compression", "build_handshake", "build_messages",
+           "build_params", "main"]
 
 VECTOR_DIR = Path(__file__).with_name("vectors")
 
@@ -172,6 +174,44 @@ def build_params(handshake: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _f32(values: list[float]) -> np.ndarray:
+    return np.array(values, dtype="<f4")
+
+
+def compression_inputs() -> dict[str, np.ndarray]:
+    """Inputs of compression.json, each chosen to pin down one rule of PROTOCOL.md 4.4."""
+    f32max = float(np.finfo(np.float32).max)
+    bf16 = _f32([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20, 3.0, 0.1, -0.0,
+                 1e-40, f32max, -f32max, 65504.0, -2.5e-3])
+    i = np.arange(600)
+    block0 = ((i[:256] * 37) % 255 - 127) / 16.0  # an exact max of 127/16: q reaches +-127
+    block1 = np.zeros(256)  # all zeros: scale 0
+    block2 = np.sin(i[512:600]) * 1e-3  # the short last block (88 values)
+    int8 = _f32(list(np.concatenate([block0, block1, block2])))
+    int8[3] = 0.5 * (127 / 16.0) / 127  # exactly half a step: rounds to even (0)
+    int8[4] = 1.5 * (127 / 16.0) / 127  # one and a half steps: rounds to 2
+    return {"bf16": bf16, "int8": int8}
+
+
+def build_compression() -> dict[str, Any]:
+    """Compressed payloads (fully deterministic): per mode the float32 input bytes, the
+    encoded data bytes, the decoded float32 bytes and the whole params plaintext at STEP_I."""
+    cases = []
+    for mode, values in compression_inputs().items():
+        data = encode(values, mode)
+        cases.append({
+            "mode": mode,
+            "dtype": WIRE_DTYPES[mode],
+            "n": int(values.size),
+            "step": STEP_I,
+            "input_f32": values.tobytes().hex(),
+            "data": data.tobytes().hex(),
+            "decoded_f32": decode(data, int(values.size), mode).astype("<f4").tobytes().hex(),
+            "plaintext": encode_params(values, STEP_I, mode).hex(),
+        })
+    return {"cases": cases}
+
+
 def build_messages() -> dict[str, Any]:
     """Plain message encodings (fields use hex for bytes) and invalid frames."""
     hello = Hello(
@@ -221,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "handshake.json": handshake,
         "params.json": build_params(handshake),
         "messages.json": build_messages(),
+        "compression.json": build_compression(),
     }
     for name, data in files.items():
         (out_dir / name).write_text(json.dumps(data, indent=2) + "\n")

@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import nacl.bindings as sodium
 import nacl.signing
 import numpy as np
@@ -24,8 +25,8 @@ from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder
 from protocol.messages import Hello, ParamsChunk, ParamsStart, encode_message, from_wire
 from protocol.session import AveragingSession
-from protocol.tensors import encode_params
-from protocol.vectorgen import VECTOR_DIR, build_handshake, build_messages
+from protocol.tensors import decode_params, encode_params
+from protocol.vectorgen import VECTOR_DIR, build_compression, build_handshake, build_messages
 
 H = bytes.fromhex
 
@@ -38,6 +39,7 @@ def load(name: str) -> dict[str, Any]:
 HS = load("handshake.json")
 PARAMS = load("params.json")
 MESSAGES = load("messages.json")
+COMPRESSION = load("compression.json")
 
 
 def decode_one(frame: bytes) -> Any:
@@ -77,6 +79,7 @@ def sessions(swarm_key: bytes | None = None) -> tuple[AveragingSession, Averagin
 def test_files_are_up_to_date() -> None:
     assert build_handshake() == HS
     assert build_messages() == MESSAGES
+    assert build_compression() == COMPRESSION
 
 
 def test_sessions_reproduce_handshake_vector() -> None:
@@ -212,3 +215,82 @@ def test_invalid_message_vectors(case: dict[str, str]) -> None:
         assert body is not None
         from_wire(body)
     assert info.value.code == case["code"]
+
+
+# ------------------------------------------------------------------ compressed payloads
+
+
+def _f32(x: float) -> float:
+    """Round a double to the nearest float32 (what one float32 operation yields)."""
+    out: float = struct.unpack("<f", struct.pack("<f", x))[0]
+    return out
+
+
+def _bf16_per_spec(values: list[float]) -> bytes:
+    out = b""
+    for v in values:
+        bits = struct.unpack("<I", struct.pack("<f", v))[0]
+        top = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        if top & 0x7F80 == 0x7F80:  # a finite value rounded to Inf saturates
+            top = (top & 0x8000) | 0x7F7F
+        out += struct.pack("<H", top)
+    return out
+
+
+def _int8_per_spec(values: list[float]) -> bytes:
+    scales, qs = b"", b""
+    for lo in range(0, len(values), 256):
+        block = values[lo : lo + 256]
+        scale = min(_f32(max(abs(v) for v in block) / 127), 2.0**120)
+        scales += struct.pack("<f", scale)
+        for v in block:
+            q = 0 if scale == 0 else max(-127, min(127, round(_f32(v / scale))))
+            qs += struct.pack("<b", q)
+    return scales + qs
+
+
+@pytest.mark.parametrize("case", COMPRESSION["cases"], ids=lambda c: c["mode"])
+def test_compression_vectors_per_spec(case: dict[str, Any]) -> None:
+    n, raw = case["n"], H(case["input_f32"])
+    values = list(struct.unpack(f"<{n}f", raw))
+    data = H(case["data"])
+    if case["mode"] == "bf16":
+        assert _bf16_per_spec(values) == data
+        decoded = b"".join(struct.pack("<I", h << 16)
+                           for h in struct.unpack(f"<{n}H", data))
+    else:
+        assert _int8_per_spec(values) == data
+        nb = -(-n // 256)
+        scales = struct.unpack(f"<{nb}f", data[: 4 * nb])
+        qs = struct.unpack(f"<{n}b", data[4 * nb :])
+        decoded = b"".join(struct.pack("<f", _f32(q * scales[i // 256]))
+                           for i, q in enumerate(qs))
+    assert decoded.hex() == case["decoded_f32"]
+    # The plaintext: the params map with this dtype, keys in order, data as one bin.
+    body = {"dtype": case["dtype"], "n": n, "step": case["step"], "data": data}
+    assert msgpack.packb(body, use_bin_type=True).hex() == case["plaintext"]
+    out, step = decode_params(H(case["plaintext"]), n)
+    assert step == case["step"] and out.astype("<f4").tobytes().hex() == case["decoded_f32"]
+
+
+@pytest.mark.parametrize("case", COMPRESSION["cases"], ids=lambda c: c["mode"])
+def test_compression_vectors_through_a_session(case: dict[str, Any]) -> None:
+    """A sealed stream of the vector's plaintext decodes to its float32 values."""
+    n = case["n"]
+    # The vector sessions carry 5 parameters; a pair for n with the same identities.
+    ini, res = HS["initiator"], HS["responder"]
+    common: dict[str, Any] = {"spec": HS["spec"], "num_params": n, "time_ms": HS["time_ms"]}
+    a = AveragingSession(initiator=True, local_peer_id=H(ini["peer_id"]),
+                         local_seed=H(ini["seed"]), remote_peer_id=H(res["peer_id"]),
+                         step=ini["step"], **common)
+    b = AveragingSession(initiator=False, local_peer_id=H(res["peer_id"]),
+                         local_seed=H(res["seed"]), remote_peer_id=H(ini["peer_id"]),
+                         step=res["step"], **common)
+    b.receive_hello(decode_one(a.hello()))
+    a.receive_hello(decode_one(b.hello()))
+    values = np.frombuffer(H(case["input_f32"]), "<f4")
+    result = None
+    for frame in a.params_frames(values, case["step"], encoding=case["mode"]):
+        result = b.receive(decode_one(frame))
+    assert result is not None
+    assert result[0].astype("<f4").tobytes().hex() == case["decoded_f32"]
