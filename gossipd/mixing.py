@@ -174,3 +174,33 @@ def push_pull_update(
     mixed = mix(local, remote, weight)
     diff = np.asarray(local, np.float64) - np.asarray(remote, np.float64)
     return mixed, MixState(rounds=state.rounds + 1, last_gap=float(diff @ diff))
+
+
+# --- staleness-aware weights --------------------------------------------------------
+
+
+def staleness_weight(weight: float, local_step: int, remote_step: int, halflife: int) -> float:
+    """The mixing weight for a remote vector that is ``local_step - remote_step`` steps behind.
+
+    ``weight * 2 ** (-max(0, local_step - remote_step) / halflife)`` for ``halflife > 0``;
+    ``weight`` unchanged for ``halflife == 0`` (staleness ignored).
+
+    Why: a peer that has taken fewer SGD steps than we have (a slower machine, or one that was
+    paused) holds a model from earlier in training; averaging it in at full weight pulls the
+    faster node back. Every ``halflife`` steps of lag halve its share. A peer that is AHEAD of
+    us counts fully: its model is at least as trained as ours, and discounting it would slow
+    the laggard's catch-up. The result is never above ``weight``, so it stays in [0, 1] whenever
+    ``weight`` is. Note the rule is deliberately asymmetric: the two sides of an exchange take
+    different shares, so unlike plain push-pull it does not conserve the pair's mean.
+    """
+    w = float(weight)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    if halflife < 0:
+        raise ValueError(f"halflife must be >= 0, got {halflife}")
+    if local_step < 0 or remote_step < 0:
+        raise ValueError(f"steps must be >= 0, got local {local_step}, remote {remote_step}")
+    if halflife == 0:
+        return w
+    lag = max(0, int(local_step) - int(remote_step))
+    return w * float(2.0 ** (-lag / halflife))

@@ -180,3 +180,42 @@ def test_merge_refuses_bad_inputs() -> None:
     with pytest.raises(ValueError, match="overlaps"):
         big = np.zeros(11, np.float32)
         merge(big[:10], a, a, out=big[1:])
+
+
+# --- staleness_weight ---------------------------------------------------------------
+
+import itertools  # noqa: E402
+
+from gossipd.mixing import staleness_weight  # noqa: E402
+
+
+def test_staleness_weight_halves_per_halflife_of_lag() -> None:
+    assert staleness_weight(0.5, 100, 100, 10) == 0.5
+    assert staleness_weight(0.5, 110, 100, 10) == pytest.approx(0.25)
+    assert staleness_weight(0.5, 120, 100, 10) == pytest.approx(0.125)
+    assert staleness_weight(0.4, 105, 100, 10) == pytest.approx(0.4 / np.sqrt(2))
+
+
+def test_staleness_weight_peer_ahead_counts_fully() -> None:
+    assert staleness_weight(0.5, 100, 150, 10) == 0.5
+    assert staleness_weight(0.5, 0, 10**9, 1) == 0.5
+
+
+def test_staleness_weight_halflife_zero_disables() -> None:
+    assert staleness_weight(0.5, 10**6, 0, 0) == 0.5
+    assert staleness_weight(0.3, 0, 100, 0) == 0.3
+
+
+def test_staleness_weight_monotone_and_in_range() -> None:
+    ws = [staleness_weight(0.5, 100 + lag, 100, 7) for lag in range(0, 200, 5)]
+    assert all(0.0 <= w <= 0.5 for w in ws)
+    assert all(a > b for a, b in itertools.pairwise(ws))
+
+
+@pytest.mark.parametrize(
+    ("weight", "local", "remote", "halflife"),
+    [(1.5, 1, 1, 1), (-0.1, 1, 1, 1), (0.5, 1, 1, -1), (0.5, -1, 0, 1), (0.5, 0, -1, 1)],
+)
+def test_staleness_weight_rejects(weight: float, local: int, remote: int, halflife: int) -> None:
+    with pytest.raises(ValueError):
+        staleness_weight(weight, local, remote, halflife)
