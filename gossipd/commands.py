@@ -11,8 +11,9 @@ Wire: the request is a JSON object with "cmd" and the command's arguments (gossi
   peers.unban   peer
   train         action        start | pause | resume | stop
   average-now   [peer]        one exchange right away; its outcome
-  checkpoint.save             write <state_dir>/checkpoints/step-N.npz
-  checkpoint.list
+  checkpoint.save             write the whole training state to <state_dir>/checkpoints/; its
+                              step, path and params_hash
+  checkpoint.list             saved checkpoints, most recent first
   config.show                 the running configuration, every key
   config.reload               read the config file again (like SIGHUP)
   history       [since]       time series sampled every train.eval_interval_s (bounded)
@@ -41,7 +42,6 @@ from gossipd import config as config_mod
 from gossipd.control import ClientError, Handler
 from gossipd.membership import MembershipError
 from gossipd.peers import split_p2p_addr
-from protocol.receipt import params_hash
 
 if TYPE_CHECKING:
     from gossipd.daemon import Node
@@ -69,8 +69,7 @@ def _peer_arg(node: Node, req: dict[str, Any]) -> str:
 
 
 def build_handlers(node: Node) -> dict[str, Handler]:
-    state_dir = node.config.node.state_dir
-    ckpt_dir = state_dir / checkpoint.DIR_NAME
+    ckpt_dir = node.checkpoint_dir
 
     def now() -> float:
         return trio.current_time()
@@ -125,13 +124,10 @@ def build_handlers(node: Node) -> dict[str, Handler]:
         return await node.average_now(peer)
 
     async def checkpoint_save(_req: dict[str, Any]) -> Any:
-        flat, step = node.runner.snapshot()
-        info = await trio.to_thread.run_sync(checkpoint.save, ckpt_dir, flat, step,
-                                             node.model.spec)
-        if node.provenance is not None:
-            await node.provenance.append("checkpoint", {"params_hash": params_hash(flat),
-                                                        "step": step, "file": info.path.name})
-        return info.as_dict()
+        try:
+            return await node.save_checkpoint()
+        except OSError as exc:
+            raise ClientError(f"checkpoint not saved: {exc}") from None
 
     async def provenance(_req: dict[str, Any]) -> Any:
         if node.provenance is None:

@@ -6,10 +6,15 @@ Tasks under one nursery (structured concurrency; any crash stops the node cleanl
   discovery  peer exchange every network.discovery_interval_s (gossipd/discovery.py)
   averaging  every averaging.interval_s (+-25% jitter), one push-pull with a random live peer
   control    the Unix control socket                        (gossipd/control.py)
+  checkpoints every node.checkpoint_interval_s, when the node was started with autosave
 Inbound streams are served by handlers registered on the transport.
 
 Rules: every network operation runs under a deadline; a failure is counted against the peer (with
 backoff) and never stops training. Bad input from a peer is a strike for that peer.
+Checkpoints: one save at a time; the state is captured between chunks (ModelRunner.capture) and
+written from a worker thread. A failed automatic save is logged and retried at the next interval;
+it never stops the node. Automatic saves skip a model that is untouched (step 0, no mix: saving
+it would make a restart resume instead of pulling) or unchanged since the last save.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ if TYPE_CHECKING:
     # trio.TaskStatus; trio_typing.TaskStatus is the same protocol.
     from trio_typing import TaskStatus
 
+from gossipd import checkpoint, discovery, exchange
 from gossipd import config as config_mod
-from gossipd import discovery, exchange
+from gossipd.compress import ErrorFeedback
 from gossipd.config import Config
 from gossipd.history import History
 from gossipd.limits import InboundLimits
@@ -46,6 +52,7 @@ from gossipd.provenance import Provenance
 from gossipd.runner import ModelRunner
 from protocol.errors import ProtocolError
 from protocol.messages import AVG_PROTOCOL_ID, PEERS_PROTOCOL_ID
+from protocol.receipt import params_hash
 from protocol.replay import ReplayCheck
 
 log = logging.getLogger("gossipd.node")
@@ -82,8 +89,15 @@ class Node:
         replay: ReplayCheck | None = None,
         config_path: Path | None = None,
         provenance: Provenance | None = None,
+        autosave: bool = False,
     ) -> None:
         self.config = config
+        # Periodic and shutdown checkpoints: gossipd.main turns them on; in-memory test nodes
+        # leave them off. `checkpoint.save` works either way.
+        self.autosave = autosave
+        self.checkpoint_dir = config.node.state_dir / checkpoint.DIR_NAME
+        self._save_lock = trio.Lock()
+        self._saved_key: tuple[int, int] | None = None  # (step, mixes) of the last save
         self.config_path = config_path
         self.provenance = provenance
         self._step_at_exchange = 0
@@ -95,6 +109,8 @@ class Node:
                                admit=self.membership.allows)
         self.stats = ExchangeStats()
         self.discovery_stats = discovery.DiscoveryStats()
+        # One error-feedback state per node: what compression left out of earlier sends.
+        self.error_feedback = ErrorFeedback(config.averaging.compression)
         self.model = exchange.LocalModel(
             peer_id_bytes=transport.peer_id_bytes(transport.peer_id),
             seed=seed,
@@ -107,6 +123,8 @@ class Node:
             samples_since_exchange=self._samples_since_exchange,
             swarm_key=self.membership.swarm_key,
             replay=replay,
+            compression=config.averaging.compression,
+            compress=self.error_feedback,
         )
         self.started_at = trio.current_time()
         self.metrics = NodeMetrics(transport.peer_id, config.train.task, runner.trainer.spec)
@@ -164,8 +182,7 @@ class Node:
 
     def _samples_since_exchange(self) -> int:
         """Local samples trained since the last completed exchange (for its receipt)."""
-        hyper = getattr(self.runner.trainer, "hyper", None)
-        batch = int(getattr(hyper, "batch_size", 1))
+        batch = int(getattr(self.runner.trainer, "batch_size", 1))
         return max(0, self.runner.status.step - self._step_at_exchange) * batch
 
     def _merge_remote(self, sent: np.ndarray, remote: np.ndarray, remote_step: int) -> None:
@@ -265,6 +282,44 @@ class Node:
             await trio.sleep(self.config.train.eval_interval_s)
             self.history.record(trio.current_time() - self.started_at, self.status())
 
+    # -- checkpoints --
+    async def save_checkpoint(self) -> dict[str, Any]:
+        """Capture the whole training state between chunks and write it (worker thread); the
+        ledger records the parameter hash. Returns the file's info."""
+        async with self._save_lock:
+            key = (self.runner.status.step, self.runner.status.mixes)
+            ckpt = await self.runner.capture()
+            info = await trio.to_thread.run_sync(
+                checkpoint.save, self.checkpoint_dir, ckpt, self.config.node.checkpoint_keep)
+            self._saved_key = key
+        if self.provenance is not None:
+            await self.provenance.append("checkpoint", {"params_hash": params_hash(ckpt.params),
+                                                        "step": ckpt.step,
+                                                        "file": info.path.name})
+        log.info("checkpoint %s: step %d, %d bytes", info.path, info.step, info.size_bytes)
+        return info.as_dict()
+
+    async def autosave_checkpoint(self, why: str) -> dict[str, Any] | None:
+        """An automatic save (periodic, shutdown): skipped while there is nothing new to save,
+        logged and given up on failure."""
+        status = self.runner.status
+        key = (status.step, status.mixes)
+        if key == (0, 0) or key == self._saved_key:
+            return None
+        try:
+            return await self.save_checkpoint()
+        except (OSError, ValueError, checkpoint.CheckpointError) as exc:
+            log.error("%s checkpoint failed: %s", why, exc)
+            return None
+
+    async def _checkpoint_loop(self) -> None:
+        interval = self.config.node.checkpoint_interval_s  # needs a restart to change
+        if not self.autosave or interval <= 0:
+            return
+        while True:
+            await trio.sleep(interval)
+            await self.autosave_checkpoint("periodic")
+
     async def _discovery_loop(self) -> None:
         while True:
             await discovery.discovery_round(
@@ -337,7 +392,12 @@ class Node:
             "partition": self.config.train.partition,
             "averaging": self.config.averaging.enabled,
             "training": ("stopped" if not self.participating
-                         else "paused" if self.runner.paused else "running"),
+                         else "paused" if self.runner.paused
+                         else "joining" if self.runner.joining else "running"),
+            "join": self.runner.join,
+            "resumed_from": self.runner.resumed_from,
+            "adopted_step": train.adopted_step,
+            "fresh_ignored": train.fresh_ignored,
             "membership": self.membership.mode,
             "refused_non_members": self.membership.refused,
             "refused_busy": dict(self.limits.refused),
@@ -396,6 +456,7 @@ class Node:
             nursery.start_soon(self._discovery_loop)
             nursery.start_soon(self._averaging_loop)
             nursery.start_soon(self._history_loop)
+            nursery.start_soon(self._checkpoint_loop)
             if control is not None:
                 await nursery.start(serve_control, control, build_handlers(self))
             address = config_mod.listen_address(self.config.node.metrics_listen)

@@ -7,6 +7,11 @@ Start order matters for readiness: identity -> trainer (JAX import, data shard) 
 control socket. A client that can talk to the control socket therefore talks to a node that is
 listening for peers and training.
 
+Checkpoints: before the node serves anyone it resumes from the newest checkpoint in
+<state_dir>/checkpoints that fits the model (gossipd/checkpoint.py; a damaged newest file falls
+back to the previous one). Without one, `averaging.join` decides how it starts (gossipd/runner.py).
+It saves every node.checkpoint_interval_s and once more after SIGTERM/SIGINT, before exiting.
+
 Under systemd (Type=notify, see systemd/): READY=1 goes out only after all of that, STATUS= carries
 Node.status_line() every few seconds, WATCHDOG=1 is sent from the event loop itself (so a stalled
 loop gets the node restarted), STOPPING=1 on SIGTERM/SIGINT. SIGHUP reloads the config file
@@ -35,6 +40,7 @@ from gossipd.sdnotify import Notifier, watchdog_interval
 if TYPE_CHECKING:
     from gossipd.daemon import Node
     from gossipd.provenance import Provenance
+    from gossipd.runner import ModelRunner
 
 log = logging.getLogger("gossipd")
 
@@ -55,25 +61,18 @@ STATUS_INTERVAL_S = 5.0
 
 
 def _build_trainer(cfg: config_mod.Config) -> object:
-    from gossipd.data import load_shard
-    from gossipd.trainer import Trainer, TrainHyper
+    from gossipd.tasks import TaskContext
+    from gossipd.trainer import make_trainer
 
     t = cfg.train
-    d = TrainHyper()
-    hyper = TrainHyper(
-        hidden=t.hidden,
-        lr=d.lr if t.lr is None else t.lr,
-        lr_min=d.lr_min if t.lr_min is None else t.lr_min,
-        decay_steps=d.decay_steps if t.decay_steps is None else t.decay_steps,
-        batch_size=d.batch_size if t.batch_size is None else t.batch_size,
-        l2=d.l2 if t.l2 is None else t.l2,
-        momentum=d.momentum if t.momentum is None else t.momentum,
-    )
-    shard = load_shard(
-        t.task, num_shards=t.num_shards, shard_index=t.shard_index,
-        partition=t.parsed_partition, seed=t.seed,
-    )
-    return Trainer(t.task, shard, hyper, t.seed)
+    # Only what the config set: each task keeps its own tuned defaults for the rest.
+    hyper = {k: getattr(t, k) for k in ("lr", "lr_min", "decay_steps", "batch_size",
+                                         "momentum", "l2") if getattr(t, k) is not None}
+    hyper["hidden"] = t.hidden
+    ctx = TaskContext(shard_index=t.shard_index, num_shards=t.num_shards,
+                      partition=t.partition, seed=t.seed, data_path=t.data_path,
+                      options=dict(t.options), hyper=hyper)
+    return make_trainer(t.task, ctx, t.compute_dtype)
 
 
 def _open_provenance(cfg: config_mod.Config, seed: bytes, trainer: Any) -> Provenance:
@@ -145,7 +144,9 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership,
     runner = ModelRunner(
         trainer,  # type: ignore[arg-type]
         cfg.train.steps_per_second, cfg.train.eval_interval_s, cfg.averaging.weight,
+        join=cfg.averaging.join,
     )
+    await _resume(runner, cfg)
     socket_path = cfg.node.socket_path
     replay = ReplayLog(cfg.node.state_dir / FILE_NAME,
                        int(cfg.averaging.replay_window_s * 1000), wall_clock_ms())
@@ -165,7 +166,7 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership,
                 async with trio.open_nursery() as nursery:
                     node = Node(cfg, transport, runner, seed, membership=membership,
                                 replay=replay, config_path=config_path,
-                                provenance=provenance)
+                                provenance=provenance, autosave=True)
                     await nursery.start(node.run, listener)
                     log.info("control socket %s; node ready", socket_path)
                     notifier.ready(node.status_line())
@@ -178,9 +179,24 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership,
                         notifier.stopping()
                         nursery.cancel_scope.cancel()
                         break
+                # A clean stop: every task has ended, so the state is the last whole chunk.
+                if cfg.node.checkpoint_interval_s > 0:
+                    await node.autosave_checkpoint("shutdown")
             finally:
                 remove_socket(socket_path)
     log.info("stopped")
+
+
+async def _resume(runner: ModelRunner, cfg: config_mod.Config) -> None:
+    from gossipd.checkpoint import DIR_NAME
+
+    info = await trio.to_thread.run_sync(runner.resume_from, cfg.node.state_dir / DIR_NAME)
+    if info is not None:
+        log.info("resumed from checkpoint %s at step %d", info.path, info.step)
+    elif cfg.averaging.join == "pull":
+        log.info("no checkpoint to resume from; taking a peer's model before training")
+    else:
+        log.info("no checkpoint to resume from; training from the start")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -193,9 +209,10 @@ def _startup_problem(exc: BaseException) -> str | None:
     """A start-up failure the operator can fix (socket in use, port taken), or None for a bug."""
     from gossipd.control import ControlSocketError
     from gossipd.ledger import LedgerError
+    from gossipd.tasks import TaskError
 
     for leaf in _leaves(exc):
-        if isinstance(leaf, ControlSocketError | LedgerError):
+        if isinstance(leaf, ControlSocketError | LedgerError | TaskError):
             return str(leaf)
         if isinstance(leaf, OSError):
             return f"{leaf} (is another node using the same port or state directory?)"

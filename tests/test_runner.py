@@ -1,16 +1,21 @@
-"""ModelRunner: zero-copy read-only snapshots and the merge rule for exchanges that overlap
-training (current + w * (remote - sent)), also when the result arrives mid-chunk."""
+"""ModelRunner: zero-copy read-only snapshots, the merge rule for exchanges that overlap
+training (current + w * (remote - sent)), also when the result arrives mid-chunk, the join rules
+(a pulling node adopts a trained peer's model; a trained node ignores a fresh one), consistent
+captures for checkpoints and the averaging-state hooks."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
-from gossipd.runner import ModelRunner
+from gossipd import checkpoint
+from gossipd.runner import JOIN_WAIT_S, ModelRunner
 
 
 class State(NamedTuple):
@@ -47,8 +52,10 @@ class StepTrainer:
         return state._replace(params=np.array(flat, dtype=np.float32))
 
 
-def runner(trainer: StepTrainer | None = None, weight: float = 0.5) -> ModelRunner:
-    return ModelRunner(trainer or StepTrainer(), 40, 1.0, weight)  # type: ignore[arg-type]
+def runner(trainer: StepTrainer | None = None, weight: float = 0.5, join: str | None = None
+           ) -> ModelRunner:
+    return ModelRunner(trainer or StepTrainer(), 40, 1.0, weight,  # type: ignore[arg-type]
+                       join=join)
 
 
 def test_snapshot_is_the_published_vector_and_read_only() -> None:
@@ -97,3 +104,150 @@ async def test_merge_arriving_mid_chunk_keeps_the_progress_made_meanwhile() -> N
         assert r.status.step == 10
         np.testing.assert_array_equal(sent, 0.0)
         nursery.cancel_scope.cancel()
+
+
+async def train_one_chunk(r: ModelRunner) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.run_training)
+        with trio.fail_after(5):
+            while r.status.step == 0:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+
+
+def test_pulling_node_adopts_a_trained_peers_parameters() -> None:
+    r = runner(join="pull")
+    assert r.joining
+    sent, _ = r.snapshot()
+    remote = np.full(4, 4.0, np.float32)
+    r.merge_remote(sent, remote, 50)
+    np.testing.assert_array_equal(r.params, 4.0)  # taken outright, not the mean 2.0
+    assert not r.joining and r.status.adopted_step == 50 and r.status.mixes == 1
+    r.merge_remote(r.snapshot()[0], np.full(4, 8.0, np.float32), 60)  # later ones mix
+    np.testing.assert_array_equal(r.params, 6.0)
+
+
+def test_pulling_node_meeting_another_fresh_node_mixes() -> None:
+    r = runner(join="pull")
+    r.merge_remote(r.snapshot()[0], np.full(4, 4.0, np.float32), 0)
+    np.testing.assert_array_equal(r.params, 2.0)
+    assert not r.joining and r.status.adopted_step is None
+
+
+def test_mix_mode_never_adopts() -> None:
+    r = runner(join="mix")
+    assert not r.joining
+    r.merge_remote(r.snapshot()[0], np.full(4, 4.0, np.float32), 50)
+    np.testing.assert_array_equal(r.params, 2.0)
+
+
+async def test_trained_node_ignores_parameters_at_step_0() -> None:
+    r = runner(join="mix")
+    await train_one_chunk(r)
+    assert r.status.step == 10
+    before = r.params
+    r.merge_remote(before, np.full(4, 9.0, np.float32), 0)
+    r.apply_remote(np.full(4, 9.0, np.float32), 0)
+    assert r.params is before and r.status.mixes == 0 and r.status.fresh_ignored == 2
+    r.merge_remote(before, np.full(4, 3.0, np.float32), 1)  # any training at all: mixed
+    np.testing.assert_array_equal(r.params, 2.0)
+
+
+async def test_without_join_rules_every_exchange_mixes() -> None:
+    r = runner(join=None)
+    assert not r.joining
+    await train_one_chunk(r)
+    r.merge_remote(r.snapshot()[0], np.full(4, 3.0, np.float32), 0)
+    np.testing.assert_array_equal(r.params, 2.0)
+
+
+async def until_trained(r: ModelRunner) -> None:
+    with trio.fail_after(60):
+        while r.status.step == 0:
+            await trio.sleep(0.01)
+
+
+async def test_pulling_node_waits_for_its_first_exchange(
+        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = 0.02  # steps run in a worker thread: jump only when idle
+    r = runner(join="pull")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.run_training)
+        await trio.sleep(JOIN_WAIT_S - 0.5)
+        assert r.status.step == 0 and r.joining
+        t0 = trio.current_time()
+        r.merge_remote(r.snapshot()[0], np.full(4, 5.0, np.float32), 80)
+        await until_trained(r)
+        assert trio.current_time() - t0 < 0.5 and r.status.adopted_step == 80
+        nursery.cancel_scope.cancel()
+    np.testing.assert_array_equal(r.params, 5.0 + r.status.step / 10)
+
+
+async def test_pulling_node_trains_alone_after_the_wait(
+        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = 0.02
+    r = runner(join="pull")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.run_training)
+        await trio.sleep(JOIN_WAIT_S - 0.1)
+        assert r.status.step == 0
+        await until_trained(r)
+        assert trio.current_time() >= JOIN_WAIT_S and not r.joining
+        nursery.cancel_scope.cancel()
+
+
+async def test_capture_waits_for_the_running_chunk_and_its_merges() -> None:
+    trainer = StepTrainer()
+    r = runner(trainer)
+    trainer.gate.clear()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.run_training)
+        with trio.fail_after(5):
+            while not trainer.entered.is_set():
+                await trio.sleep(0.001)
+        r.merge_remote(r.snapshot()[0], np.full(4, 4.0, np.float32), 3)  # queued
+        captured: list[checkpoint.Checkpoint] = []
+
+        async def take() -> None:
+            captured.append(await r.capture())
+
+        nursery.start_soon(take)
+        await trio.sleep(0.05)
+        assert not captured  # not while the chunk runs
+        trainer.gate.set()
+        with trio.fail_after(5):
+            while not captured:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    c = captured[0]
+    assert c.step == 10 and c.spec == "fake/4"
+    np.testing.assert_array_equal(c.params, 3.0)  # the chunk and the queued merge, both
+
+
+class AnchoredRunner(ModelRunner):
+    """An averaging that keeps an anchor: the hooks save it and take it back."""
+
+    anchor = np.zeros(4, np.float32)
+
+    def averaging_state(self) -> dict[str, np.ndarray]:
+        return {"anchor": self.anchor}
+
+    def restore_averaging_state(self, state: dict[str, np.ndarray]) -> None:
+        if state["anchor"].shape != (4,):
+            raise checkpoint.CheckpointError("anchor of another shape")
+        self.anchor = state["anchor"]
+
+
+async def test_averaging_state_hooks_round_trip(tmp_path: Path) -> None:
+    r = AnchoredRunner(StepTrainer(), 40, 1.0, 0.5)  # type: ignore[arg-type]
+    r.anchor = np.full(4, 7.0, np.float32)
+    r.merge_remote(r.snapshot()[0], np.full(4, 2.0, np.float32), 3)
+    c = await r.capture()
+    r.anchor[:] = -1.0  # changed after the capture: not in the checkpoint
+    checkpoint.save(tmp_path, c)
+    fresh = AnchoredRunner(StepTrainer(), 40, 1.0, 0.5)  # type: ignore[arg-type]
+    info = await trio.to_thread.run_sync(fresh.resume_from, tmp_path)
+    assert info is not None and fresh.resumed_from is not None
+    assert fresh.resumed_from["params_hash"] == c.params_hash and not fresh.joining
+    np.testing.assert_array_equal(fresh.anchor, 7.0)
+    np.testing.assert_array_equal(fresh.params, 1.0)
