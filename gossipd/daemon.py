@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     # trio.TaskStatus; trio_typing.TaskStatus is the same protocol.
     from trio_typing import TaskStatus
 
-from gossipd import checkpoint, discovery, exchange
+from gossipd import checkpoint, deadlines, discovery, exchange
 from gossipd import config as config_mod
 from gossipd.compress import ErrorFeedback
 from gossipd.config import Config
@@ -101,6 +101,7 @@ class Node:
         self.config_path = config_path
         self.provenance = provenance
         self._step_at_exchange = 0
+        self._counted_step = 0  # the step the last receipt's sample count was read at
         self.membership = membership or Membership(open=True, members=frozenset())
         self.transport = transport
         self.runner = runner
@@ -109,8 +110,13 @@ class Node:
                                admit=self.membership.allows)
         self.stats = ExchangeStats()
         self.discovery_stats = discovery.DiscoveryStats()
-        # One error-feedback state per node: what compression left out of earlier sends.
-        self.error_feedback = ErrorFeedback(config.averaging.compression)
+        # One error-feedback state per node: what compression left out of earlier sends. The
+        # runner holds it, so checkpoints carry the residual.
+        if runner.error_feedback.mode != config.averaging.compression:
+            runner.error_feedback = ErrorFeedback(config.averaging.compression)
+        self.error_feedback = runner.error_feedback
+        # Exchange deadlines follow observed exchange times; averaging.timeout_s is the ceiling.
+        self.deadline_state = deadlines.deadline_init()
         self.model = exchange.LocalModel(
             peer_id_bytes=transport.peer_id_bytes(transport.peer_id),
             seed=seed,
@@ -158,7 +164,7 @@ class Node:
         try:
             self.peers.add(peer_id, [], trio.current_time())
             await self._counted(peer_id, exchange.respond(
-                self.transport, stream, self.model, self.config.averaging.timeout_s,
+                self.transport, stream, self.model, self.exchange_deadline(),
                 self.stats.bytes,
             ), served=True)
         finally:
@@ -183,13 +189,16 @@ class Node:
     def _samples_since_exchange(self) -> int:
         """Local samples trained since the last completed exchange (for its receipt)."""
         batch = int(getattr(self.runner.trainer, "batch_size", 1))
-        return max(0, self.runner.status.step - self._step_at_exchange) * batch
+        # Read when the Hello is built; the merge moves the base only to this step, so steps
+        # trained while the exchange was in flight count in the next receipt.
+        self._counted_step = self.runner.status.step
+        return max(0, self._counted_step - self._step_at_exchange) * batch
 
     def _merge_remote(self, sent: np.ndarray, remote: np.ndarray, remote_step: int) -> None:
         """The exchange's merge rule (gossipd/mixing.py merge): C + w * (R - S)."""
         self.metrics.observe_mix(pair_distance(sent, remote))
         self.runner.merge_remote(sent, remote, remote_step)
-        self._step_at_exchange = self.runner.status.step
+        self._step_at_exchange = max(self._step_at_exchange, self._counted_step)
 
     async def _counted(self, peer_id: str, attempt: Awaitable[object], *, served: bool) -> None:
         """Run one exchange; count its outcome for the node and the peer. Never raises for
@@ -197,9 +206,12 @@ class Node:
         backs the peer off."""
         role = "served" if served else "initiated"
         t0 = trio.current_time()
+        limit = self.exchange_deadline()
         try:
             outcome = await attempt
         except (ProtocolError, exchange.PeerRefused, TransportError, trio.TooSlowError) as exc:
+            if isinstance(exc, trio.TooSlowError):
+                self.deadline_state = deadlines.observe_timeout(self.deadline_state, limit)
             self.metrics.observe_exchange(role, outcome_of(exc), trio.current_time() - t0)
             if served:
                 self.stats.served_failed += 1
@@ -213,6 +225,7 @@ class Node:
             else:
                 log.info("exchange with %s failed: %s: %s", peer_id, type(exc).__name__, exc)
         else:
+            self.deadline_state = deadlines.observe(self.deadline_state, trio.current_time() - t0)
             self.metrics.observe_exchange(role, "ok", trio.current_time() - t0)
             self.stats.seconds_ok += trio.current_time() - t0
             if isinstance(outcome, exchange.ExchangeOutcome):
@@ -231,8 +244,12 @@ class Node:
             with trio.fail_after(self.config.network.dial_timeout_s):
                 await self.transport.connect(peer_id, entry.addrs)
         await exchange.initiate(
-            self.transport, peer_id, self.model, self.config.averaging.timeout_s, self.stats.bytes
+            self.transport, peer_id, self.model, self.exchange_deadline(), self.stats.bytes
         )
+
+    def exchange_deadline(self) -> float:
+        """Seconds the next exchange may take (gossipd/deadlines.py)."""
+        return deadlines.deadline(self.deadline_state, self.config.averaging.timeout_s)
 
     async def _average_once(self, peer_id: str) -> None:
         await self._counted(peer_id, self._connect_and_initiate(peer_id), served=False)
@@ -263,8 +280,10 @@ class Node:
                 # Settings are read every round, so a reload takes effect at the next exchange.
                 interval = self.config.averaging.interval_s
                 await trio.sleep(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+                # diloco: one exchange per completed cycle of inner steps, one at a time
+                slots = 1 if self.runner.rule.algorithm == "diloco" else MAX_OUTGOING
                 if (not self.config.averaging.enabled or not self.participating
-                        or len(busy) >= MAX_OUTGOING):
+                        or len(busy) >= slots or not self.runner.outer_due):
                     continue
                 peer_id = self.peers.pick(trio.current_time(), exclude=busy)
                 if peer_id is not None:
@@ -395,6 +414,10 @@ class Node:
                          else "paused" if self.runner.paused
                          else "joining" if self.runner.joining else "running"),
             "join": self.runner.join,
+            "algorithm": self.runner.rule.algorithm,
+            "outer_steps": train.outer_steps,
+            "compression": self.error_feedback.mode,
+            "exchange_deadline_s": round(self.exchange_deadline(), 3),
             "resumed_from": self.runner.resumed_from,
             "adopted_step": train.adopted_step,
             "fresh_ignored": train.fresh_ignored,

@@ -3,7 +3,8 @@
 Wire flow (protocol/PROTOCOL.md): initiator -> Hello, responder -> Hello, then both stream their
 encrypted parameters (ParamsStart + chunks) concurrently and read the other's. Sending and reading
 at the same time matters: yamux resets a sender whose peer stops reading for 5 s, so
-write-all-then-read deadlocks on large models.
+write-all-then-read deadlocks on large models. With provenance, each Hello carries the sender's
+side of the receipt (gossipd/receipts.py) and one ReceiptSig goes each way after the parameters.
 
 Rules:
 - The whole exchange runs under one deadline (averaging.timeout_s): a frozen peer costs at most
@@ -16,6 +17,13 @@ Rules:
   runner's rule: C + w * (R - S)), or, for a model without it, to `apply_remote(R, step)`.
 - Parameters stream: each chunk is sealed as it is sent and opened as it arrives, straight into
   the receive buffer, so an exchange holds about one model-sized buffer (what it receives).
+- Receipts (when both Hellos carry receipt info): the hashes of the receipt are worked out while
+  the parameters stream (ours in a worker thread from the start, the peer's piece by piece as
+  its data arrives), so after the last chunk only the signature round is left: sign, send our
+  ReceiptSig, read theirs, verify. No merge before the peer's signature verifies. The record
+  is then written and fsync'd in a worker thread while the merge runs, and is on disk before
+  the exchange returns. A node with provenance whose peer's Hello carries no receipt info
+  still sends its parameters (the peer may merge them) but merges nothing: NoReceipt.
 - Compression (averaging.compression, gossipd/compress.py): the sender encodes its snapshot
   ("bf16"/"int8", through the node's error-feedback hook) and streams the encoded buffer.
   Everything after the swap uses the DEQUANTIZED sent vector S_hat, what the peer actually
@@ -27,6 +35,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,11 +45,11 @@ import trio
 
 from gossipd.netapi import MessageStream, Stream, Transport, TransportError
 from gossipd.provenance import Provenance
-from gossipd.receipts import ExchangeFacts, swap_receipts
+from gossipd.receipts import Announcement, ExchangeFacts, announce, swap_signatures
 from protocol.errors import ProtocolError, UnexpectedMessage
 from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, encode_message
 from protocol.quant import decode, encode
-from protocol.receipt import params_hash
+from protocol.receipt import params_hash, params_hasher
 from protocol.replay import ReplayCheck
 from protocol.session import AveragingSession
 
@@ -51,6 +60,23 @@ class PeerRefused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"peer refused: {code}: {message}")
         self.code = code
+
+
+class NoReceipt(PeerRefused):
+    """We keep a ledger and the peer's Hello carried no receipt info: it will not sign, so its
+    update is not merged (not a protocol violation: the peer simply runs without provenance)."""
+
+    def __init__(self) -> None:
+        super().__init__("no-receipt", "the peer keeps no ledger and signs no receipt; its "
+                         "update is not merged")
+
+
+# A vector of at least this many bytes is hashed in a worker thread while the parameters
+# stream (hashlib releases the GIL); a smaller one on the event loop, where its hash costs less
+# than a thread hop.
+HASH_IN_THREAD_BYTES = 256 << 10
+# The peer's data is handed to the hashing thread in pieces of at least this many bytes.
+HASH_PIECE_BYTES = 1 << 20
 
 
 def wall_clock_ms() -> int:
@@ -93,7 +119,9 @@ class ExchangeOutcome:
     remote_step: int
     bytes_sent: int
     bytes_received: int
-    receipt_s: float = 0.0  # time spent on the receipt round and its ledger record
+    # Time the receipt added to the exchange: waiting for hashes after the parameters, the
+    # signature round, and the part of the ledger write the merge did not hide.
+    receipt_s: float = 0.0
 
 
 @dataclass
@@ -115,13 +143,79 @@ def _expect(msg: Message, kind: type) -> None:
         raise UnexpectedMessage(f"expected {kind.__name__}, got {type(msg).__name__}")
 
 
+class _Hashes:
+    """params_hash of what we send and of what we receive, for the receipt, worked out while
+    the parameters stream: a large sent vector in a worker thread from the start, the peer's
+    "<f4" data piece by piece as it arrives (in order, in a worker thread), anything else when
+    it is complete. Vectors under HASH_IN_THREAD_BYTES are hashed on the event loop: ours once
+    it is sent (while the peer's last chunks are still on the way), theirs on arrival."""
+
+    def __init__(self, sent: np.ndarray) -> None:
+        self._sent = sent
+        self.sent: bytes | None = None
+        self.received: bytes | None = None
+        self._hasher = params_hasher()
+        self._fed = 0
+        self._pieces, self._todo = trio.open_memory_channel[memoryview](math.inf)
+
+    def big(self, nbytes: int) -> bool:
+        return nbytes >= HASH_IN_THREAD_BYTES
+
+    async def hash_sent(self) -> None:
+        """A worker of the swap's nursery (large vectors only)."""
+        self.sent = await trio.to_thread.run_sync(params_hash, self._sent)
+
+    def sent_done(self) -> None:
+        """Our last frame is out: hash a small sent vector now."""
+        if self.sent is None and not self.big(self._sent.nbytes):
+            self.sent = params_hash(self._sent)
+
+    async def hash_pieces(self) -> None:
+        """A worker of the swap's nursery: feeds the peer's data to the hash, in order."""
+        async with self._todo:
+            async for piece in self._todo:
+                await trio.to_thread.run_sync(self._hasher.update, piece)
+
+    def arrived(self, session: AveragingSession) -> None:
+        """After a non-final chunk: hand what arrived since the last piece to the thread."""
+        data = session.partial_params()
+        if len(data) - self._fed >= HASH_PIECE_BYTES:
+            self._pieces.send_nowait(data[self._fed :])
+            self._fed = len(data)
+
+    async def complete(self, session: AveragingSession, remote: np.ndarray) -> None:
+        """The peer's vector is complete: finish its hash (and ours, if still running)."""
+        if session.received_plain and self.big(remote.nbytes):
+            rest = remote.data.cast("B")[self._fed :]
+            if len(rest):
+                self._pieces.send_nowait(rest)
+            self._pieces.close()
+            return  # the digest is taken once hash_pieces is done
+        self._pieces.close()
+        self._fed = -1  # the pieces (if any) are not the hash: the whole vector is
+        if self.big(remote.nbytes):
+            self.received = await trio.to_thread.run_sync(params_hash, remote)
+        else:
+            self.received = params_hash(remote)
+
+    def result(self) -> tuple[bytes, bytes]:
+        if self.received is None:
+            self.received = self._hasher.digest()
+        assert self.sent is not None and self.received is not None
+        return self.sent, self.received
+
+
 async def _swap_params(
-    ms: MessageStream, session: AveragingSession, frames: Iterator[bytes | bytearray]
-) -> tuple[np.ndarray, int]:
+    ms: MessageStream, session: AveragingSession, frames: Iterator[bytes | bytearray],
+    hashes: _Hashes | None = None,
+) -> tuple[np.ndarray, int, float]:
     """Stream our parameters out while theirs stream in; the first failure cancels the other
-    half. Chunks are sealed as they are sent and opened as they arrive."""
+    half. Chunks are sealed as they are sent and opened as they arrive. With ``hashes``, the
+    receipt's hashes are worked out meanwhile; the float returned is how long they took after
+    both halves were done (0 without)."""
     received: list[tuple[np.ndarray, int]] = []
     errors: list[Exception] = []
+    halves_done: list[float] = []
 
     async with trio.open_nursery() as nursery:
 
@@ -142,17 +236,30 @@ async def _swap_params(
                 result = session.receive(msg)
                 if result is not None:
                     received.append(result)
+                    halves_done.append(trio.current_time())
+                    if hashes is not None:
+                        await hashes.complete(session, result[0])
                     return
+                if hashes is not None:
+                    hashes.arrived(session)
 
         async def send() -> None:
             for frame in frames:
                 await ms.send(frame)
+            halves_done.append(trio.current_time())
+            if hashes is not None:
+                hashes.sent_done()
 
+        if hashes is not None:
+            nursery.start_soon(guarded, hashes.hash_pieces)
+            if hashes.big(hashes._sent.nbytes):
+                nursery.start_soon(guarded, hashes.hash_sent)
         nursery.start_soon(guarded, send)
         nursery.start_soon(guarded, read)
     if errors:
         raise errors[0]
-    return received[0]
+    waited = trio.current_time() - max(halves_done) if hashes is not None else 0.0
+    return received[0][0], received[0][1], waited
 
 
 async def _send_error(ms: MessageStream, exc: ProtocolError) -> None:
@@ -161,7 +268,8 @@ async def _send_error(ms: MessageStream, exc: ProtocolError) -> None:
 
 
 def _new_session(
-    transport: Transport, peer_id: str, model: LocalModel, step: int, hello: Hello | None
+    transport: Transport, peer_id: str, model: LocalModel, step: int, hello: Hello | None,
+    mine: Announcement | None = None,
 ) -> AveragingSession:
     """The initiator passes hello=None; the responder passes the initiator's Hello."""
     return AveragingSession(
@@ -176,7 +284,16 @@ def _new_session(
         time_ms=model.wall_ms(),
         swarm_key=model.swarm_key,
         replay=model.replay,
+        receipt=None if mine is None else mine.info,
     )
+
+
+def _announce(transport: Transport, peer_id: str, model: LocalModel) -> Announcement | None:
+    """Our side of the receipt, for our Hello (None without provenance)."""
+    if model.provenance is None:
+        return None
+    return announce(model.provenance, transport.peer_id_bytes(peer_id),
+                    model.samples_since_exchange())
 
 
 def _compressed(model: LocalModel, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,35 +307,50 @@ def _compressed(model: LocalModel, flat: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 async def _finish(
-    ms: MessageStream, session: AveragingSession, model: LocalModel, flat: np.ndarray, step: int
+    ms: MessageStream, session: AveragingSession, model: LocalModel, flat: np.ndarray, step: int,
+    mine: Announcement | None = None,
 ) -> ExchangeOutcome:
-    """Both roles, once keys exist: swap encrypted parameters, then mix theirs into ours."""
+    """Both roles, once keys exist: swap encrypted parameters, sign the receipt (with
+    provenance), then mix theirs into ours."""
     payload, flat = _compressed(model, flat)  # from here on `flat` is what the peer receives
     frames = session.params_frames(payload, step, encoding=model.compression)
-    remote, remote_step = await _swap_params(ms, session, frames)
+    theirs = session.remote_receipt
+    provenance = model.provenance if mine is not None and theirs is not None else None
+    hashes = None if provenance is None else _Hashes(flat)
+    remote, remote_step, t_receipt = await _swap_params(ms, session, frames, hashes)
+    if mine is not None and theirs is None:
+        raise NoReceipt
     receipt = None
-    t_receipt = 0.0
-    if model.provenance is not None:
+    if provenance is not None and hashes is not None and mine is not None and theirs is not None:
         t0 = trio.current_time()
-        # No merge before the peer's signature on the receipt verifies (gossipd/receipts.py).
+        sent_hash, received_hash = hashes.result()
         assert session.exchange_id is not None
         facts = ExchangeFacts(
             initiator=session.initiator, exchange_id=session.exchange_id,
             local_peer=model.peer_id_bytes, remote_peer=session.remote_peer_id,
             time_ms=session.initiator_time_ms, local_step=step, remote_step=remote_step,
-            sent_hash=params_hash(flat), received_hash=params_hash(remote))
-        receipt = await swap_receipts(ms, facts, model.seed, model.provenance,
-                                      model.samples_since_exchange())
-        t_receipt = trio.current_time() - t0
-    if model.merge_remote is not None:
-        model.merge_remote(flat, remote, remote_step)
+            sent_hash=sent_hash, received_hash=received_hash)
+        # No merge before the peer's signature on the receipt verifies (gossipd/receipts.py).
+        receipt = await swap_signatures(ms, facts, model.seed, provenance, mine, theirs)
+        t_receipt += trio.current_time() - t0
+    merge_s = 0.0
+
+    def merge() -> None:
+        nonlocal merge_s
+        t = trio.current_time()
+        if model.merge_remote is not None:
+            model.merge_remote(flat, remote, remote_step)
+        else:
+            model.apply_remote(remote, remote_step)
+        merge_s = trio.current_time() - t
+
+    if receipt is None or provenance is None:
+        merge()
     else:
-        model.apply_remote(remote, remote_step)
-    if receipt is not None and model.provenance is not None:
         t0 = trio.current_time()
         with trio.CancelScope(shield=True):  # merged: the record must not be lost to a deadline
-            await model.provenance.record_receipt(receipt)
-        t_receipt += trio.current_time() - t0
+            await provenance.record_receipt(receipt, during=merge)  # written while we merge
+        t_receipt += max(0.0, trio.current_time() - t0 - merge_s)
     return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received,
                            t_receipt)
 
@@ -232,7 +364,8 @@ async def initiate(
         ms = MessageStream(stream)
         try:
             flat, step = model.snapshot()
-            session = _new_session(transport, peer_id, model, step, None)
+            mine = _announce(transport, peer_id, model)
+            session = _new_session(transport, peer_id, model, step, None, mine)
             await ms.send(session.hello())
             reply = await ms.receive()
             try:
@@ -242,7 +375,7 @@ async def initiate(
             except ProtocolError as exc:
                 await _send_error(ms, exc)
                 raise
-            return await _finish(ms, session, model, flat, step)
+            return await _finish(ms, session, model, flat, step, mine)
         finally:
             counter.add(ms)
             await _close(stream)
@@ -260,13 +393,14 @@ async def respond(
                 _expect(first, Hello)
                 assert isinstance(first, Hello)
                 flat, step = model.snapshot()
-                session = _new_session(transport, stream.remote_peer, model, step, first)
+                mine = _announce(transport, stream.remote_peer, model)
+                session = _new_session(transport, stream.remote_peer, model, step, first, mine)
                 session.receive_hello(first)
             except ProtocolError as exc:
                 await _send_error(ms, exc)
                 raise
             await ms.send(session.hello())
-            return await _finish(ms, session, model, flat, step)
+            return await _finish(ms, session, model, flat, step, mine)
     finally:
         counter.add(ms)
         await _close(stream)

@@ -131,20 +131,25 @@ async def _report(node: Node, notifier: Notifier, watchdog_s: float | None) -> N
 
 async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership,
                config_path: Path | None = None, notifier: Notifier | None = None) -> None:
+    from gossipd.compress import ErrorFeedback
     from gossipd.control import bind_control_socket, remove_socket
     from gossipd.daemon import Node
     from gossipd.exchange import wall_clock_ms
     from gossipd.replaylog import FILE_NAME, ReplayLog
-    from gossipd.runner import ModelRunner
+    from gossipd.runner import AveragingRule, ModelRunner
     from gossipd.transport import open_transport
 
     reclaim_library_loggers()  # importing libp2p detached its logger; see gossipd/logs.py
     notifier = notifier or Notifier({})
     trainer = _build_trainer(cfg)
+    a = cfg.averaging
     runner = ModelRunner(
         trainer,  # type: ignore[arg-type]
-        cfg.train.steps_per_second, cfg.train.eval_interval_s, cfg.averaging.weight,
-        join=cfg.averaging.join,
+        cfg.train.steps_per_second, cfg.train.eval_interval_s, a.weight,
+        join=a.join,
+        rule=AveragingRule(a.algorithm, a.inner_steps, a.outer_lr, a.outer_momentum,
+                           a.staleness_halflife),
+        error_feedback=ErrorFeedback(a.compression),
     )
     await _resume(runner, cfg)
     socket_path = cfg.node.socket_path

@@ -9,11 +9,16 @@ Rules:
 - `lineage()` summarises the ledger for `gossipctl provenance`: contributing peers with their
   exchange and sample counts, the latest exchanges, data and checkpoints.
 Appends fsync and `lineage` reads the whole file, so both run in a worker thread, one at a time.
+An exchange's receipt is written while its merge runs on the event loop (`record_receipt`'s
+`during`), and is on disk (fsync'd) before the exchange returns: the write costs the exchange
+only what the merge does not hide, and a node killed mid-append still loses at most that one
+torn record.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -43,8 +48,35 @@ class Provenance:
     def peer_head(self, peer: bytes) -> tuple[int, bytes] | None:
         return self._heads.get(peer)
 
-    async def record_receipt(self, receipt: dict[str, bytes]) -> Record:
-        rec = await self.append("receipt", dict(receipt))
+    async def record_receipt(self, receipt: dict[str, bytes],
+                             during: Callable[[], None] | None = None) -> Record:
+        """Append a doubly signed receipt (write + fsync in a worker thread). `during`, when
+        given, runs on the event loop while the thread writes (the exchange's merge: the
+        peer's signature has verified, so merging no longer waits for the disk). Returns once
+        the record is on disk, also when `during` raises or the caller is cancelled."""
+        async with self._limiter:  # appends stay one at a time, in order
+            done = trio.Event()
+            result: list[Record | BaseException] = []
+            token = trio.lowlevel.current_trio_token()
+
+            def write() -> None:  # in the worker thread
+                try:
+                    result.append(self.ledger.append("receipt", dict(receipt)))
+                except BaseException as exc:  # re-raised on the event loop below
+                    result.append(exc)
+
+            # Started here and now (not from a new task), so the write is under way while
+            # `during` runs.
+            trio.lowlevel.start_thread_soon(write, lambda _: token.run_sync_soon(done.set))
+            try:
+                if during is not None:
+                    during()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await done.wait()
+        rec = result[0]
+        if isinstance(rec, BaseException):
+            raise rec
         self._remember(ReceiptBody.from_bytes(receipt["body"]))
         return rec
 

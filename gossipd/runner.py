@@ -25,6 +25,15 @@ Rules:
 - The other side of that rule: a node that has trained (step > 0) does not mix in parameters
   of a peer at step 0; they carry no training. The exchange still counts as done. Both rules
   hold in either join mode; a runner built with join=None has neither.
+- Averaging rule (`AveragingRule`): "gossip" merges as above; "diloco" treats each exchange as
+  the end of a cycle of inner steps: the pair average A of the two exchanged vectors is the
+  outer optimizer's target (gossipd/outer.py: Nesterov step on the pseudo-gradient anchor - A),
+  and the current parameters become new_anchor + (C - S), so steps taken while the exchange was
+  in flight carry over into the next cycle. `outer_due` tells the daemon when a cycle of
+  `inner_steps` is complete. Staleness (`staleness_halflife` > 0) lowers the weight of a peer
+  that is behind us (gossipd/mixing.py staleness_weight), in either algorithm.
+- Averaging state that must survive a restart (the outer anchor and momentum, the compression
+  residual) is part of every checkpoint (`averaging_state`).
 """
 
 from __future__ import annotations
@@ -45,7 +54,9 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 from gossipd import checkpoint
-from gossipd.mixing import merge, mix
+from gossipd.compress import EFState, ErrorFeedback
+from gossipd.mixing import merge, mix, staleness_weight
+from gossipd.outer import OuterState, outer_init, outer_update
 from gossipd.trainer import Trainer, TrainState
 
 log = logging.getLogger("gossipd.runner")
@@ -53,6 +64,17 @@ log = logging.getLogger("gossipd.runner")
 CHUNK_PERIOD_S = 0.25  # run steps in chunks of about this much wall time
 JOIN_WAIT_S = 10.0  # a pulling node trains alone after this long without an exchange
 JOIN_MODES = ("pull", "mix")
+
+
+@dataclass(frozen=True)
+class AveragingRule:
+    """How remote parameters are merged (the averaging.* config keys of the same names)."""
+
+    algorithm: str = "gossip"  # or "diloco"
+    inner_steps: int = 20
+    outer_lr: float = 0.5
+    outer_momentum: float = 0.9
+    staleness_halflife: int = 0
 
 
 @dataclass
@@ -64,6 +86,7 @@ class TrainStatus:
     mixes: int = 0
     adopted_step: int | None = None  # the peer's step whose parameters a pulling node took
     fresh_ignored: int = 0  # remote parameters at step 0 not mixed in (they carry no training)
+    outer_steps: int = 0  # diloco: outer optimizer steps taken
 
 
 class ModelRunner:
@@ -75,12 +98,19 @@ class ModelRunner:
         weight: float,
         clock: Callable[[], float] = trio.current_time,
         join: str | None = None,
+        rule: AveragingRule | None = None,
+        error_feedback: ErrorFeedback | None = None,
     ) -> None:
         # join: "pull" or "mix" (averaging.join) turn the join rules on; None leaves them off,
         # so every exchange mixes (simulations and tests that start nodes from different models).
         if join is not None and join not in JOIN_MODES:
             raise ValueError(f"join must be one of {', '.join(JOIN_MODES)}, got {join!r}")
         self.trainer = trainer
+        self.rule = rule or AveragingRule()
+        if self.rule.algorithm not in ("gossip", "diloco"):
+            raise ValueError(f"unknown averaging algorithm {self.rule.algorithm!r}")
+        # The node's compression residual lives here so checkpoints carry it.
+        self.error_feedback = error_feedback or ErrorFeedback("none")
         self.steps_per_second = steps_per_second
         self.eval_interval_s = eval_interval_s
         self.weight = weight
@@ -88,6 +118,10 @@ class ModelRunner:
         self._limiter = trio.CapacityLimiter(1)
         self._state: TrainState = trainer.init()
         self._params: np.ndarray = _frozen(trainer.get_params(self._state))
+        # diloco: the anchor is the model at the start of the current cycle of inner steps
+        self._outer: OuterState | None = (
+            outer_init(self._params) if self.rule.algorithm == "diloco" else None)
+        self._cycle_start = 0  # diloco: step at which the current cycle of inner steps began
         # (sent snapshot or None for a plain mix, remote, remote step) waiting for the chunk
         self._pending: list[tuple[np.ndarray | None, np.ndarray, int]] = []
         self._busy = False
@@ -163,14 +197,41 @@ class ModelRunner:
             mixed = remote if _writable_float32(remote) else np.array(remote, np.float32)
             self.status.adopted_step = remote_step
             log.info("joined: adopted the parameters of a peer at step %d", remote_step)
-        elif sent is None:
-            mixed = mix(self._params, remote, self.weight)
+            if self.rule.algorithm == "diloco":  # a new cycle starts from the adopted model
+                self._outer = outer_init(mixed)
+            self._cycle_start = self_step
         else:
-            target = remote if _writable_float32(remote) else None
-            mixed = merge(self._params, sent, remote, self.weight, out=target)
+            w = staleness_weight(self.weight, self_step, remote_step,
+                                 self.rule.staleness_halflife)
+            if sent is None:
+                mixed = mix(self._params, remote, w)
+            elif self.rule.algorithm == "diloco":
+                mixed = self._outer_step(sent, remote, w)
+            else:
+                target = remote if _writable_float32(remote) else None
+                mixed = merge(self._params, sent, remote, w, out=target)
         self._state = self.trainer.with_params(self._state, mixed)
         self._params = _frozen(mixed)
         self.status.mixes += 1
+
+    def _outer_step(self, sent: np.ndarray, remote: np.ndarray, w: float) -> np.ndarray:
+        """diloco: outer Nesterov step towards the pair average; in-flight progress kept."""
+        outer = self._outer if self._outer is not None else outer_init(sent)
+        averaged = mix(sent, remote, w)
+        anchor, self._outer = outer_update(outer, averaged, self.rule.outer_lr,
+                                           self.rule.outer_momentum)
+        self._cycle_start = self.status.step
+        self.status.outer_steps += 1
+        progress = self._params.astype(np.float64) - sent.astype(np.float64)
+        return (anchor.astype(np.float64) + progress).astype(np.float32)
+
+    @property
+    def outer_due(self) -> bool:
+        """diloco: a cycle of inner_steps is complete, so this node should start an exchange.
+        Always True for gossip (its pace is averaging.interval_s alone)."""
+        if self.rule.algorithm != "diloco":
+            return True
+        return self.status.step - self._cycle_start >= self.rule.inner_steps
 
     def _merge_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -179,17 +240,38 @@ class ModelRunner:
 
     # -- checkpoints --
     def averaging_state(self) -> dict[str, np.ndarray]:
-        """Named float32 arrays the averaging keeps besides the parameters (an outer-optimizer
-        anchor and momentum, a compression residual...), saved in every checkpoint. Called on
-        the trio thread between chunks; the arrays are copied before anything else runs.
-        Nothing by default."""
-        return {}
+        """Named float32 arrays the averaging keeps besides the parameters, saved in every
+        checkpoint: the diloco anchor and momentum, the compression residual, the cycle start.
+        Called on the trio thread between chunks; copied before anything else runs."""
+        out: dict[str, np.ndarray] = {
+            "cycle_start": np.asarray([self._cycle_start], np.float32)}
+        if self._outer is not None:
+            out["outer_anchor"], out["outer_momentum"] = self._outer.anchor, self._outer.momentum
+        residual = self.error_feedback.state.residual
+        if residual is not None:
+            out["ef_residual"] = residual
+        return out
 
     def restore_averaging_state(self, state: dict[str, np.ndarray]) -> None:
         """Take back what averaging_state() returned when the checkpoint was saved. Raise
         checkpoint.CheckpointError to refuse it (an older checkpoint is tried instead)."""
-        if state:
-            log.info("checkpoint averaging state %s not used by this runner", sorted(state))
+        n = self.trainer.num_params
+        for key in ("outer_anchor", "outer_momentum", "ef_residual"):
+            if key in state and state[key].shape != (n,):
+                raise checkpoint.CheckpointError(
+                    f"averaging state {key} has shape {state[key].shape}, expected ({n},)")
+        self._outer = None  # from the checkpoint, else re-anchored at its parameters (resume)
+        if "cycle_start" in state and state["cycle_start"].size == 1:
+            self._cycle_start = int(state["cycle_start"][0])
+        if "outer_anchor" in state and "outer_momentum" in state:
+            self._outer = OuterState(np.array(state["outer_anchor"], np.float32),
+                                     np.array(state["outer_momentum"], np.float32))
+        if "ef_residual" in state and self.error_feedback.mode != "none":
+            self.error_feedback.state = EFState(np.array(state["ef_residual"], np.float32))
+        unused = sorted(set(state) - {"cycle_start", "outer_anchor", "outer_momentum",
+                                      "ef_residual"})
+        if unused:
+            log.info("checkpoint averaging state %s not used by this runner", unused)
 
     async def capture(self) -> checkpoint.Checkpoint:
         """The whole training state, consistent (between chunks, no merge pending), as host
@@ -224,6 +306,8 @@ class ModelRunner:
         self.status.step = int(state.step)
         self.resumed_from = {"step": info.step, "path": str(info.path),
                              "params_hash": ckpt.params_hash}
+        if self.rule.algorithm == "diloco" and self._outer is None:
+            self._outer = outer_init(self._params)  # a checkpoint saved by a gossip node
         self._joined.set()  # a node with a checkpoint resumes instead of pulling
         return info
 

@@ -41,8 +41,8 @@ __all__ = [
     "to_wire",
 ]
 
-PROTOCOL_VERSION = 1
-AVG_PROTOCOL_ID = "/gossipd/avg/1.0.0"
+PROTOCOL_VERSION = 2
+AVG_PROTOCOL_ID = "/gossipd/avg/2.0.0"
 PEERS_PROTOCOL_ID = "/gossipd/peers/1.0.0"
 
 # Fixed sizes (bytes).
@@ -76,6 +76,18 @@ def _tuple(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class ReceiptInfo:
+    """Carried in the Hello: what the peer needs to build this exchange's receipt
+    (PROTOCOL.md 4.7), all known before the exchange starts: samples trained since our last
+    exchange, our ledger head, and the seq of the peer's head we last saw (-1: never)."""
+
+    samples: int
+    head_seq: int
+    head_hash: bytes
+    seen_seq: int
+
+
+@dataclass(frozen=True)
 class Hello:
     version: int
     exchange_id: bytes
@@ -86,6 +98,7 @@ class Hello:
     step: int
     time_ms: int = 0  # signer's wall clock, ms since the Unix epoch (replay window)
     swarm_tag: bytes = b""  # proof of the swarm secret; empty in swarms without one
+    receipt: ReceiptInfo | None = None  # None: the sender keeps no ledger and signs no receipt
 
 
 @dataclass(frozen=True)
@@ -106,21 +119,10 @@ class ParamsChunk:
 
 
 @dataclass(frozen=True)
-class ReceiptInfo:
-    """After both parameter streams: what the peer needs to build the receipt (PROTOCOL.md,
-    "Receipts"): samples trained since our last exchange, our ledger head, and the seq of
-    the peer's head we last saw (-1: never)."""
-
-    samples: int
-    head_seq: int
-    head_hash: bytes
-    seen_seq: int
-
-
-@dataclass(frozen=True)
 class ReceiptSig:
-    """Our signature over the receipt, and the body digests of our ledger records after the
-    head the peer last saw (proof that our history only grew)."""
+    """After both parameter streams, the one receipt message each way: our signature over the
+    receipt, and the body digests of our ledger records after the head the peer last saw
+    (proof that our history only grew)."""
 
     sig: bytes
     digests: Sequence[bytes]
@@ -165,14 +167,13 @@ class PeersResponse:
         object.__setattr__(self, "peers", _tuple(self.peers))
 
 
-Message = (Hello | ParamsStart | ParamsChunk | ReceiptInfo | ReceiptSig | ErrorMsg | PeersRequest
+Message = (Hello | ParamsStart | ParamsChunk | ReceiptSig | ErrorMsg | PeersRequest
            | PeersResponse)
 
 # Wire type tags.
 T_HELLO = "hello"
 T_PARAMS = "params"
 T_CHUNK = "chunk"
-T_RECEIPT_INFO = "receipt_info"
 T_RECEIPT_SIG = "receipt_sig"
 T_ERROR = "error"
 T_PEERS_REQUEST = "peers_req"
@@ -188,7 +189,7 @@ def _peer_record_wire(rec: PeerRecord) -> dict[str, Any]:
 
 def _to_wire_unchecked(msg: Message) -> dict[str, Any]:
     if isinstance(msg, Hello):
-        return {
+        body: dict[str, Any] = {
             "t": T_HELLO,
             "version": msg.version,
             "exchange_id": msg.exchange_id,
@@ -200,13 +201,15 @@ def _to_wire_unchecked(msg: Message) -> dict[str, Any]:
             "time_ms": msg.time_ms,
             "swarm_tag": msg.swarm_tag,
         }
+        if msg.receipt is not None:
+            info = msg.receipt
+            body["receipt"] = {"samples": info.samples, "head_seq": info.head_seq,
+                               "head_hash": info.head_hash, "seen_seq": info.seen_seq}
+        return body
     if isinstance(msg, ParamsStart):
         return {"t": T_PARAMS, "header": msg.header, "size": msg.size, "chunks": msg.chunks}
     if isinstance(msg, ParamsChunk):
         return {"t": T_CHUNK, "data": msg.data}
-    if isinstance(msg, ReceiptInfo):
-        return {"t": T_RECEIPT_INFO, "samples": msg.samples, "head_seq": msg.head_seq,
-                "head_hash": msg.head_hash, "seen_seq": msg.seen_seq}
     if isinstance(msg, ReceiptSig):
         return {"t": T_RECEIPT_SIG, "sig": msg.sig, "digests": list(msg.digests)}
     if isinstance(msg, ErrorMsg):
@@ -294,6 +297,19 @@ def _hello(body: dict[str, Any]) -> Hello:
         step=_int(body, "step", 0, MAX_STEP),
         time_ms=_int(body, "time_ms", 0, MAX_TIME_MS),
         swarm_tag=_swarm_tag(body),
+        receipt=_receipt_info(body["receipt"]) if "receipt" in body else None,
+    )
+
+
+def _receipt_info(value: Any) -> ReceiptInfo:
+    """Hello.receipt: absent (no ledger) or a map; nil or anything else is a decode error."""
+    if not isinstance(value, dict):
+        raise DecodeError("field 'receipt' must be a map")
+    return ReceiptInfo(
+        samples=_int(value, "samples", 0, MAX_STEP),
+        head_seq=_int(value, "head_seq", 0, MAX_STEP),
+        head_hash=_bytes_exact(value, "head_hash", 32),
+        seen_seq=_int(value, "seen_seq", -1, MAX_STEP),
     )
 
 
@@ -347,13 +363,6 @@ def from_wire(body: dict[str, Any]) -> Message:
         return _params_start(body)
     if kind == T_CHUNK:
         return _params_chunk(body)
-    if kind == T_RECEIPT_INFO:
-        return ReceiptInfo(
-            samples=_int(body, "samples", 0, MAX_STEP),
-            head_seq=_int(body, "head_seq", 0, MAX_STEP),
-            head_hash=_bytes_exact(body, "head_hash", 32),
-            seen_seq=_int(body, "seen_seq", -1, MAX_STEP),
-        )
     if kind == T_RECEIPT_SIG:
         digests = _list_value(_field(body, "digests"), "digests", MAX_LEDGER_DIGESTS)
         if not all(isinstance(d, bytes) and len(d) == 32 for d in digests):

@@ -17,10 +17,11 @@ Canonical receipt bytes (the thing both sign; PROTOCOL.md, "Receipts")::
     sig = Ed25519(identity key, BLAKE2b-256(person="gossipd/receipt", data=receipt bytes))
 
 Both peers can build the same bytes once parameters are swapped: each knows what it sent, what
-it received (and so both hashes), and the other's samples and ledger head from its
-ReceiptInfo. Each then signs and sends its signature; a receipt with both signatures is proof
-that both took part in exactly this exchange. A node merges the peer's parameters only after
-the peer's signature verifies: a peer that refuses to sign gets no merge.
+it received (and so both hashes), and the other's samples and ledger head from the ReceiptInfo
+in its Hello. Each then signs and sends its signature (one ReceiptSig each way); a receipt
+with both signatures is proof that both took part in exactly this exchange. A node merges the
+peer's parameters only after the peer's signature verifies: a peer that refuses to sign gets no
+merge.
 Pure: bytes in, bytes out.
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "RECEIPT_CONTEXT",
     "ReceiptBody",
     "params_hash",
+    "params_hasher",
     "receipt_digest",
     "sign_receipt",
     "verify_receipt",
@@ -52,10 +54,20 @@ PERSON = b"gossipd/receipt\x00"
 _HEAD = struct.Struct(">Q32s")
 
 
+def params_hasher() -> Any:
+    """A fresh BLAKE2b-256 state for params_hash, for a caller that hashes a vector's
+    little-endian float32 bytes piece by piece (e.g. while they arrive) and then digest()s."""
+    return hashlib.blake2b(digest_size=32)
+
+
 def params_hash(flat: npt.NDArray[Any]) -> bytes:
-    """BLAKE2b-256 of a parameter vector as the wire carries it (little-endian float32)."""
-    data = np.ascontiguousarray(flat, dtype="<f4").tobytes()
-    return hashlib.blake2b(data, digest_size=32).digest()
+    """BLAKE2b-256 of a parameter vector as the wire carries it (little-endian float32). No
+    copy when ``flat`` already is contiguous "<f4"."""
+    data = np.ascontiguousarray(flat, dtype="<f4")
+    h = params_hasher()
+    h.update(data.data.cast("B"))
+    digest: bytes = h.digest()
+    return digest
 
 
 @dataclass(frozen=True)

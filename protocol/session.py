@@ -3,11 +3,17 @@
 Wire flow on an ``AVG_PROTOCOL_ID`` stream::
 
     initiator                             responder
-      Hello  ---------------------------->  receive_hello()
-      receive_hello()  <-----------------  Hello
+      Hello{receipt}  ------------------>  receive_hello()
+      receive_hello()  <-----------------  Hello{receipt}
       ParamsStart, ParamsChunk x k  ---->   (both directions concurrently)
                      <-----------------  ParamsStart, ParamsChunk x k
+      ReceiptSig  ---------------------->   (both directions concurrently; only when both
+                     <-----------------  ReceiptSig     Hellos carried a receipt)
 Either side may send ErrorMsg instead of its next message and close.
+
+The receipt info each Hello carries (``receipt=``, PROTOCOL.md 4.7) is all a peer needs to
+build the exchange's receipt once the parameters are swapped; the ReceiptSig round itself is
+the caller's (gossipd/receipts.py): it is small, and both sides write before they read.
 
 The session never touches a socket: ``hello()``/``params_frames()`` return bytes
 to write, ``receive_*()`` take messages the caller decoded with FrameDecoder +
@@ -84,6 +90,7 @@ from .messages import (
     Message,
     ParamsChunk,
     ParamsStart,
+    ReceiptInfo,
     encode_message,
     to_wire,
 )
@@ -129,13 +136,16 @@ class AveragingSession:
         time_ms: int = 0,
         swarm_key: bytes | None = None,
         replay: ReplayCheck | None = None,
+        receipt: ReceiptInfo | None = None,
     ) -> None:
         """``time_ms`` is the local wall clock (ms since the epoch) at the start of this
         exchange: it goes into our Hello and, for a responder with a ``replay`` guard, is
         the "now" against which the initiator's Hello time is judged. ``swarm_key`` (32
         bytes) is the hashed swarm secret: both Hellos must prove it, and it is mixed into
         the payload keys. ``chunk_size`` (plaintext bytes per ParamsChunk, at most 1 MiB) is
-        chosen from the payload size when None (protocol.tensors.auto_chunk_size)."""
+        chosen from the payload size when None (protocol.tensors.auto_chunk_size).
+        ``receipt`` goes into our Hello: our side of the exchange's receipt (None: we keep
+        no ledger and sign none)."""
         # Local configuration errors are ValueError, not ProtocolError.
         if len(local_seed) != 32:
             raise ValueError("local_seed must be 32 bytes")
@@ -176,6 +186,8 @@ class AveragingSession:
         self._time_ms = time_ms
         self._swarm_key = swarm_key
         self._replay = replay
+        self._receipt = receipt
+        self._remote_receipt: ReceiptInfo | None = None
         if initiator and exchange_id is None:
             exchange_id = os.urandom(EXCHANGE_ID_LEN)
         # Responder: an explicit exchange_id is an expectation the Hello must meet.
@@ -191,6 +203,7 @@ class AveragingSession:
         self._params_sent = False
         self._params_received = False
         self._inbound: _Inbound | None = None
+        self._received_plain = False
         self._failed: ProtocolError | None = None
 
     # ------------------------------------------------------------ properties
@@ -229,6 +242,12 @@ class AveragingSession:
         if self._remote_step is None:
             raise UnexpectedMessage("remote step is unknown before the peer's Hello")
         return self._remote_step
+
+    @property
+    def remote_receipt(self) -> ReceiptInfo | None:
+        """The receipt info of the peer's Hello; None before it, or when the peer keeps no
+        ledger."""
+        return self._remote_receipt
 
     @property
     def failed(self) -> bool:
@@ -284,6 +303,7 @@ class AveragingSession:
             step=self._step,
             time_ms=self._time_ms,
             swarm_tag=swarm_tag(self._swarm_key, transcript),
+            receipt=self._receipt,
         )
         self._hello_sent = True
         return encode_message(msg)
@@ -353,6 +373,7 @@ class AveragingSession:
         self._exchange_id = msg.exchange_id
         self._remote_step = msg.step
         self._initiator_time_ms = self._time_ms if self._initiator else msg.time_ms
+        self._remote_receipt = msg.receipt
         self._hello_received = True
 
     # ------------------------------------------------------------ parameters
@@ -459,9 +480,24 @@ class AveragingSession:
             flat, step = result
         except ProtocolError as exc:
             raise self._fail(exc) from None
+        self._received_plain = inbound.plain
         self._inbound = None
         self._params_received = True
         return flat, step
+
+    def partial_params(self) -> memoryview:
+        """While the peer's parameters arrive: the data bytes received so far, when they come
+        as plain ``"<f4"`` in the standard layout (what an uncompressed sender sends); empty
+        otherwise. Read-only; valid until the next call. A caller may hash them while the rest
+        arrives: if ``received_plain`` is then true, the vector returned by the last chunk is
+        a float32 view of exactly these bytes, continued to its end."""
+        inbound = self._inbound
+        return memoryview(b"") if inbound is None else inbound.partial()
+
+    @property
+    def received_plain(self) -> bool:
+        """The peer's parameters arrived as plain ``"<f4"`` in the standard layout."""
+        return self._received_plain
 
     def receive(self, msg: Message) -> tuple[npt.NDArray[np.float32], int] | None:
         """Dispatch any decoded message: Hello/ParamsStart/non-final chunk -> None, the final
@@ -519,11 +555,21 @@ class _Inbound:
         self._size = size
         self._num_params = num_params
         head_len = size - 4 * num_params
-        self._offset = -head_len % 4 if 0 < head_len <= MAX_HEADER_LEN else 0
+        fits = 0 < head_len <= MAX_HEADER_LEN
+        self._offset = -head_len % 4 if fits else 0
+        self._plain_start = self._offset + head_len if fits else -1  # where "<f4" data starts
         self._buf = np.empty(self._offset + size, np.uint8)
         self._view = self._buf.data
         self._filled = 0
         self._left = chunks
+        self.plain = False  # set by _decode: the data was "<f4" at _plain_start
+
+    def partial(self) -> memoryview:
+        """The "<f4" data bytes received so far (empty where the size rules that layout out)."""
+        end = self._offset + self._filled
+        if self._plain_start < 0 or end <= self._plain_start:
+            return memoryview(b"")
+        return self._view[self._plain_start : end].toreadonly()
 
     def add(self, sealed: bytes) -> tuple[npt.NDArray[np.float32], int] | None:
         n = len(sealed) - SECRETSTREAM_ABYTES
@@ -550,6 +596,8 @@ class _Inbound:
                 continue
             step = parse_params_header(bytes(payload[:h]), n, dtype)
             if step is not None:
-                return decode_payload(payload[h:], n, dtype), step
+                flat = decode_payload(payload[h:], n, dtype)
+                self.plain = mode == "none" and self._offset + h == self._plain_start
+                return flat, step
         # Not a standard layout: the general decoder, with its errors.
         return decode_params(bytes(payload), n)

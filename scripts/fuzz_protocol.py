@@ -96,6 +96,7 @@ from protocol.handshake import (  # noqa: E402
     swarm_tag,
 )
 from protocol.messages import (  # noqa: E402
+    PROTOCOL_VERSION,
     ErrorMsg,
     Hello,
     Message,
@@ -774,7 +775,7 @@ def resigned_hello(rng: random.Random, pair: Pair, pairs: Sequence[Pair], entry:
     else:
         seed, signer, receiver, role = pair.seed_r, pair.id_r, pair.id_i, ROLE_RESPONDER
     transcript = signed_transcript(
-        version=1, role=role, exchange_id=body["exchange_id"], signer_peer_id=signer,
+        version=PROTOCOL_VERSION, role=role, exchange_id=body["exchange_id"], signer_peer_id=signer,
         receiver_peer_id=receiver, eph_pub=body["eph_pub"], spec=body["spec"],
         num_params=body["num_params"], step=body["step"], time_ms=body["time_ms"],
     )  # fmt: skip

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from gossipd import deadlines
 from gossipd.config import AveragingConfig, Config, NetworkConfig, TrainConfig
 from gossipd.daemon import Node
 from gossipd.membership import Membership
@@ -118,6 +119,32 @@ async def test_four_nodes_with_one_bootstrap_all_know_each_other(
     vectors = [params(n) for n in nodes]
     assert max(float(np.abs(v - 1.5).max()) for v in vectors) < 0.2  # converging to the mean
     assert all(n.stats.ok > 0 for n in nodes)
+    # instant exchanges on the simulated clock: the adaptive deadline fell to its floor
+    assert all(n.exchange_deadline() == deadlines.FLOOR_S < 2.0 for n in nodes)
+    assert all(n.status()["exchange_deadline_s"] == deadlines.FLOOR_S for n in nodes)
+
+
+async def test_diloco_nodes_exchange_once_per_cycle_of_inner_steps(
+        autojump_clock: trio.testing.MockClock) -> None:
+    from gossipd.runner import AveragingRule
+
+    net = MemoryNetwork()
+    a, b = make_node(net, "a", 0.0), make_node(net, "b", 1.0)
+    for node in (a, b):
+        node.runner.rule = AveragingRule("diloco", inner_steps=40, outer_lr=1.0,
+                                         outer_momentum=0.0)
+        node.runner._outer = None  # anchored at the first exchange's snapshot
+    a.peers.add(b.transport.peer_id, ["/memory"], trio.current_time())
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        await start(nursery, a, b)
+        await trio.sleep(10)  # 40 steps/s: 400 steps, about 10 cycles of 40
+        nursery.cancel_scope.cancel()
+    started = a.stats.ok + a.stats.failed + b.stats.ok + b.stats.failed
+    assert 0 < started <= 2 * 11  # the interval alone would start ~50 per node
+    assert a.runner.status.outer_steps > 0 and b.runner.status.outer_steps > 0
+    np.testing.assert_allclose(params(a), params(b), atol=1e-6)  # lr 1, mu 0: plain averaging
+    assert a.status()["algorithm"] == "diloco"
 
 
 async def test_frozen_peer_costs_one_timeout_and_training_goes_on(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -29,13 +30,14 @@ from protocol.messages import (
     PeerRecord,
     PeersRequest,
     PeersResponse,
+    ReceiptInfo,
     encode_message,
     from_wire,
     to_wire,
 )
 
 HELLO = Hello(
-    version=1,
+    version=PROTOCOL_VERSION,
     exchange_id=b"\x01" * 16,
     eph_pub=b"\x02" * 32,
     sig=b"\x03" * 64,
@@ -65,8 +67,8 @@ def wire(msg: Message, **changes: Any) -> dict[str, Any]:
 
 
 def test_constants() -> None:
-    assert PROTOCOL_VERSION == 1
-    assert AVG_PROTOCOL_ID == "/gossipd/avg/1.0.0"
+    assert PROTOCOL_VERSION == 2
+    assert AVG_PROTOCOL_ID == "/gossipd/avg/2.0.0"
     assert PEERS_PROTOCOL_ID == "/gossipd/peers/1.0.0"
 
 
@@ -191,17 +193,42 @@ def test_caps_are_inclusive() -> None:
 
 
 def test_version_mismatch() -> None:
-    with pytest.raises(VersionMismatch) as info:
-        from_wire(wire(HELLO, version=2))
-    assert info.value.code == "version"
-    # The version is judged before anything else: a v2 Hello may look different.
+    for other in (1, 3):  # version 1 had a separate ReceiptInfo round; 3 is the future
+        with pytest.raises(VersionMismatch) as info:
+            from_wire(wire(HELLO, version=other))
+        assert info.value.code == "version"
+    # The version is judged before anything else: a v3 Hello may look different.
     with pytest.raises(VersionMismatch):
-        from_wire({"t": "hello", "version": 2})
+        from_wire({"t": "hello", "version": 3})
+
+
+def test_hello_receipt_info() -> None:
+    """Hello.receipt: absent means no ledger; a map of the four fields otherwise."""
+    info = ReceiptInfo(samples=320, head_seq=7, head_hash=b"\x04" * 32, seen_seq=-1)
+    hello = dataclasses.replace(HELLO, receipt=info)
+    body = to_wire(hello)
+    assert body["receipt"] == {"samples": 320, "head_seq": 7, "head_hash": b"\x04" * 32,
+                               "seen_seq": -1}
+    assert from_wire(body) == hello
+    assert "receipt" not in to_wire(HELLO) and from_wire(to_wire(HELLO)).receipt is None
+    good = body["receipt"]
+    for bad, exc in (
+        (None, DecodeError), ([], DecodeError),
+        ({**good, "head_hash": b"\x04" * 31}, DecodeError),
+        ({**good, "seen_seq": -2}, DecodeError), ({**good, "samples": True}, DecodeError),
+        ({k: v for k, v in good.items() if k != "head_seq"}, DecodeError),
+        ({**good, "head_seq": 1 << 63}, LimitExceeded),
+    ):
+        with pytest.raises(exc):
+            from_wire({**body, "receipt": bad})
+    # The v1 receipt round's first message no longer exists.
+    with pytest.raises(DecodeError):
+        from_wire({"t": "receipt_info", **good})
 
 
 def test_to_wire_validates_outgoing() -> None:
     with pytest.raises(DecodeError):
-        to_wire(Hello(1, b"short", b"\x00" * 32, b"\x00" * 64, "s", 1, 0))
+        to_wire(Hello(PROTOCOL_VERSION, b"short", b"\x00" * 32, b"\x00" * 64, "s", 1, 0))
     with pytest.raises(LimitExceeded):
         to_wire(PeersRequest(addrs=["a"] * (MAX_ADDRS + 1)))
     with pytest.raises(TypeError):

@@ -24,6 +24,7 @@ from protocol.errors import (
 from protocol.framing import FrameDecoder
 from protocol.handshake import ROLE_INITIATOR, ROLE_RESPONDER, signed_transcript
 from protocol.messages import (
+    PROTOCOL_VERSION,
     ErrorMsg,
     Hello,
     Message,
@@ -352,7 +353,7 @@ def test_spec_and_param_count_mismatch() -> None:
 
 def test_version_mismatch_in_session() -> None:
     a, b = session("a", "b", initiator=True), session("b", "a", initiator=False)
-    h = dataclasses.replace(hello_of(a.hello()), version=2)
+    h = dataclasses.replace(hello_of(a.hello()), version=PROTOCOL_VERSION + 1)
     with pytest.raises(VersionMismatch):
         b.receive_hello(h)
 

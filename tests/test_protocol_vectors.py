@@ -23,10 +23,25 @@ import pytest
 from protocol.crypto import open_sealed
 from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder
-from protocol.messages import Hello, ParamsChunk, ParamsStart, encode_message, from_wire
+from protocol.messages import (
+    Hello,
+    ParamsChunk,
+    ParamsStart,
+    ReceiptInfo,
+    ReceiptSig,
+    encode_message,
+    from_wire,
+)
+from protocol.receipt import ReceiptBody, verify_receipt
 from protocol.session import AveragingSession
 from protocol.tensors import decode_params, encode_params
-from protocol.vectorgen import VECTOR_DIR, build_compression, build_handshake, build_messages
+from protocol.vectorgen import (
+    VECTOR_DIR,
+    build_compression,
+    build_handshake,
+    build_messages,
+    build_receipt,
+)
 
 H = bytes.fromhex
 
@@ -40,6 +55,7 @@ HS = load("handshake.json")
 PARAMS = load("params.json")
 MESSAGES = load("messages.json")
 COMPRESSION = load("compression.json")
+RECEIPT = load("receipt.json")
 
 
 def decode_one(frame: bytes) -> Any:
@@ -80,6 +96,7 @@ def test_files_are_up_to_date() -> None:
     assert build_handshake() == HS
     assert build_messages() == MESSAGES
     assert build_compression() == COMPRESSION
+    assert build_receipt(HS) == RECEIPT
 
 
 def test_sessions_reproduce_handshake_vector() -> None:
@@ -294,3 +311,89 @@ def test_compression_vectors_through_a_session(case: dict[str, Any]) -> None:
         result = b.receive(decode_one(frame))
     assert result is not None
     assert result[0].astype("<f4").tobytes().hex() == case["decoded_f32"]
+
+
+# ------------------------------------------------------------------ receipts (4.7)
+
+
+def _info(d: dict[str, Any]) -> ReceiptInfo:
+    return ReceiptInfo(d["samples"], d["head_seq"], H(d["head_hash"]), d["seen_seq"])
+
+
+def test_hellos_carry_the_receipt_info() -> None:
+    """Sessions given the vector's ReceiptInfo emit exactly its Hello frames; each side reads
+    the other's info from the Hello, and the Hello without it is the handshake vector's."""
+    info_i, info_r = _info(RECEIPT["initiator_info"]), _info(RECEIPT["responder_info"])
+    ini, res = HS["initiator"], HS["responder"]
+    common: dict[str, Any] = {"spec": HS["spec"], "num_params": HS["num_params"],
+                              "time_ms": HS["time_ms"]}
+    a = AveragingSession(initiator=True, local_peer_id=H(ini["peer_id"]),
+                         local_seed=H(ini["seed"]), remote_peer_id=H(res["peer_id"]),
+                         step=ini["step"], exchange_id=H(HS["exchange_id"]),
+                         eph_private=H(ini["eph_private"]), receipt=info_i, **common)
+    b = AveragingSession(initiator=False, local_peer_id=H(res["peer_id"]),
+                         local_seed=H(res["seed"]), remote_peer_id=H(ini["peer_id"]),
+                         step=res["step"], eph_private=H(res["eph_private"]), receipt=info_r,
+                         **common)
+    ha = a.hello()
+    assert ha.hex() == RECEIPT["initiator_hello_frame"]
+    b.receive_hello(decode_one(ha))
+    assert b.remote_receipt == info_i
+    hb = b.hello()
+    assert hb.hex() == RECEIPT["responder_hello_frame"]
+    a.receive_hello(decode_one(hb))
+    assert a.remote_receipt == info_r
+    # The receipt info is not in the signed transcript: the signatures are the handshake's.
+    assert decode_one(ha).sig.hex() == HS["initiator_sig"]
+    assert decode_one(hb).sig.hex() == HS["responder_sig"]
+    # Per spec: the Hello map is the plain one plus "receipt", a map with the four fields.
+    plain = msgpack.unpackb(H(HS["initiator_hello_frame"])[4:])
+    with_info = msgpack.unpackb(ha[4:])
+    assert with_info == {**plain, "receipt": {
+        "samples": info_i.samples, "head_seq": info_i.head_seq,
+        "head_hash": info_i.head_hash, "seen_seq": info_i.seen_seq}}
+
+
+def _ledger_fold(head: bytes, digests: list[bytes]) -> bytes:
+    for d in digests:
+        head = hashlib.blake2b(head + d, digest_size=32, person=b"gossipd/ledger\x00\x00").digest()
+    return head
+
+
+def test_receipt_layout_per_spec() -> None:
+    """The receipt bytes of 4.7 rebuilt with struct/hashlib; both signatures are plain Ed25519
+    over the personalised digest; the ReceiptSig frames carry them and the initiator's digests,
+    which fold from the head the responder saw onto the head the initiator announced."""
+    ini, res = HS["initiator"], HS["responder"]
+    info_i, info_r = RECEIPT["initiator_info"], RECEIPT["responder_info"]
+    for side in ("initiator", "responder"):
+        values = np.array(RECEIPT[f"{side}_values"], dtype="<f4")
+        assert hashlib.blake2b(values.tobytes(), digest_size=32).hexdigest() == \
+            RECEIPT[f"{side}_params_hash"]
+    expected = (
+        b"gossipd/receipt/v1\x00" + H(HS["exchange_id"])
+        + _lp(H(ini["peer_id"])) + _lp(H(res["peer_id"]))
+        + struct.pack(">QQQ", HS["time_ms"], ini["step"], res["step"])
+        + H(RECEIPT["initiator_params_hash"]) + H(RECEIPT["responder_params_hash"])
+        + _lp(RECEIPT["algorithm"].encode()) + _lp(RECEIPT["compression"].encode())
+        + struct.pack(">QQ", info_i["samples"], info_r["samples"])
+        + struct.pack(">Q", info_i["head_seq"]) + H(info_i["head_hash"])
+        + struct.pack(">Q", info_r["head_seq"]) + H(info_r["head_hash"])
+    )
+    assert expected.hex() == RECEIPT["body"]
+    digest = hashlib.blake2b(expected, digest_size=32, person=b"gossipd/receipt\x00").digest()
+    assert digest.hex() == RECEIPT["digest"]
+    for side in ("initiator", "responder"):
+        peer_id = H(HS[side]["peer_id"])
+        nacl.signing.VerifyKey(peer_id[6:]).verify(digest, H(RECEIPT[f"{side}_sig"]))
+        msg = decode_one(H(RECEIPT[f"{side}_receipt_sig_frame"]))
+        assert isinstance(msg, ReceiptSig) and msg.sig.hex() == RECEIPT[f"{side}_sig"]
+    parsed = verify_receipt({"body": expected, "initiator_sig": H(RECEIPT["initiator_sig"]),
+                             "responder_sig": H(RECEIPT["responder_sig"])})
+    assert parsed == ReceiptBody.from_bytes(expected)
+    sig_i = decode_one(H(RECEIPT["initiator_receipt_sig_frame"]))
+    seen_seq, seen_head = RECEIPT["responder_seen_head"]
+    assert info_r["seen_seq"] == seen_seq
+    assert len(sig_i.digests) == info_i["head_seq"] - seen_seq
+    assert _ledger_fold(H(seen_head), list(sig_i.digests)).hex() == info_i["head_hash"]
+    assert decode_one(H(RECEIPT["responder_receipt_sig_frame"])).digests == ()

@@ -1,6 +1,7 @@
 """Receipts over the in-memory transport: every exchange ends with the same doubly signed receipt
-in both ledgers; no receipt, no merge; a peer that rewrote its ledger is caught when it next
-gossips."""
+in both ledgers; the receipt info rides in the Hellos and one ReceiptSig goes each way after the
+parameters; the hashes worked out while the parameters stream are the receipt's; no receipt, no
+merge; a peer that rewrote its ledger is caught when it next gossips."""
 
 from __future__ import annotations
 
@@ -8,24 +9,28 @@ import dataclasses
 import random
 from pathlib import Path
 
+import msgpack
 import numpy as np
+import pytest
 
+from gossipd import exchange
 from gossipd.config import AveragingConfig, Config, NetworkConfig, TrainConfig
 from gossipd.daemon import Node
 from gossipd.ledger import Ledger, verify_file
 from gossipd.provenance import Provenance
 from gossipd.runner import ModelRunner
-from protocol.receipt import ReceiptBody
+from protocol.receipt import ReceiptBody, params_hash
 from tests.fakes import MemoryNetwork
 from tests.test_node import FakeTrainer, one_exchange, params
 
 
-def node(net: MemoryNetwork, name: str, value: float, state: Path | None) -> Node:
+def node(net: MemoryNetwork, name: str, value: float, state: Path | None, n: int = 6) -> Node:
     transport = net.transport(name)
     cfg = Config(network=NetworkConfig(listen=("/memory",), dial_timeout_s=1.0),
                  averaging=AveragingConfig(interval_s=3600, timeout_s=2.0),
                  train=TrainConfig(steps_per_second=40, eval_interval_s=1.0))
-    runner = ModelRunner(FakeTrainer(value), 40, 1.0, 0.5)  # type: ignore[arg-type]
+    runner = ModelRunner(FakeTrainer(value, n=n, spec=f"fake/{n}"),  # type: ignore[arg-type]
+                         40, 1.0, 0.5)
     prov = None
     if state is not None:
         state.mkdir(exist_ok=True)
@@ -92,3 +97,75 @@ async def test_a_rewritten_history_is_caught_at_the_next_exchange(tmp_path: Path
     assert entry is not None and entry.strikes == 1
     np.testing.assert_allclose(params(a), before)  # no merge from a peer caught rewriting
     assert len(receipts(a)) == 2
+
+
+async def test_one_receipt_message_each_way_after_the_parameters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each side sends Hello (with its receipt info), its parameters, then one ReceiptSig."""
+    sent: list[str] = []
+    original = exchange.MessageStream.send
+
+    async def spy(self: exchange.MessageStream, frame: bytes | bytearray) -> None:
+        sent.append(msgpack.unpackb(bytes(frame[4:]))["t"])
+        await original(self, frame)
+
+    monkeypatch.setattr(exchange.MessageStream, "send", spy)
+    net = MemoryNetwork()
+    a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
+    await one_exchange(net, a, b)
+    assert a.stats.ok == 1 and b.stats.served_ok == 1 and len(receipts(a)) == 1
+    assert sorted(sent) == sorted(["hello", "params", "chunk", "receipt_sig"] * 2)
+
+
+@pytest.mark.parametrize("compression", ["none", "bf16"])
+async def test_hashes_worked_out_while_streaming_are_the_receipts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str) -> None:
+    """With the thresholds lowered, a model of 100k parameters takes the large-model path: our
+    hash in a worker thread, the peer's "<f4" data hashed piece by piece as it arrives (bf16:
+    hashed whole once decoded). The receipt holds the hashes of what each side sent."""
+    monkeypatch.setattr(exchange, "HASH_IN_THREAD_BYTES", 1)
+    monkeypatch.setattr(exchange, "HASH_PIECE_BYTES", 50_000)
+    pieces: list[int] = []
+    original = exchange._Hashes.arrived
+
+    def counting(self: exchange._Hashes, session: exchange.AveragingSession) -> None:
+        before = self._fed
+        original(self, session)
+        if self._fed != before:
+            pieces.append(self._fed - before)
+
+    monkeypatch.setattr(exchange._Hashes, "arrived", counting)
+    net = MemoryNetwork()
+    n = 100_000
+    a, b = node(net, "a", 0.25, tmp_path / "a", n), node(net, "b", 1.5, tmp_path / "b", n)
+    if compression != "none":
+        a.model = dataclasses.replace(a.model, compression=compression, compress=None)
+    await one_exchange(net, a, b)
+    assert a.stats.ok == 1 and b.stats.served_ok == 1
+    assert receipts(a) == receipts(b) and len(receipts(a)) == 1
+    body = ReceiptBody.from_bytes(receipts(a)[0]["body"])
+    sent_a = np.full(n, 0.25, np.float32)
+    if compression == "bf16":
+        from protocol.quant import decode, encode
+
+        sent_a = decode(encode(sent_a, "bf16"), n, "bf16")
+    assert body.initiator_params_hash == params_hash(sent_a)
+    assert body.responder_params_hash == params_hash(np.full(n, 1.5, np.float32))
+    assert pieces  # a received b's plain "<f4" data in pieces before the last chunk
+    np.testing.assert_allclose(params(a), params(b))
+
+
+async def test_the_record_is_on_disk_when_the_exchange_returns(tmp_path: Path) -> None:
+    """The ledger write overlaps the merge, but the exchange only returns once it is fsync'd:
+    reopening the file right away (as after a kill) finds the receipt whole."""
+    net = MemoryNetwork()
+    a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
+    await one_exchange(net, a, b)
+    for who in (a, b):
+        assert who.provenance is not None
+        path = who.provenance.ledger.path
+        reopened = Ledger(path, who.transport.seed,
+                          who.transport.peer_id_bytes(who.transport.peer_id))
+        assert reopened.dropped_bytes == 0
+        assert [r.kind for r in reopened.read()][-1] == "receipt"
+        reopened.close()

@@ -251,3 +251,64 @@ async def test_averaging_state_hooks_round_trip(tmp_path: Path) -> None:
     assert fresh.resumed_from["params_hash"] == c.params_hash and not fresh.joining
     np.testing.assert_array_equal(fresh.anchor, 7.0)
     np.testing.assert_array_equal(fresh.params, 1.0)
+
+
+# -- averaging rules: diloco, staleness, the averaging state in checkpoints ----------------------
+
+def diloco_runner(lr: float = 1.0, mu: float = 0.0, inner: int = 10) -> ModelRunner:
+    from gossipd.compress import ErrorFeedback
+    from gossipd.runner import AveragingRule
+
+    return ModelRunner(StepTrainer(), 40, 1.0, 0.5,  # type: ignore[arg-type]
+                       rule=AveragingRule("diloco", inner, lr, mu, 0),
+                       error_feedback=ErrorFeedback("int8"))
+
+
+def test_diloco_with_unit_lr_and_no_momentum_is_the_pair_average_plus_progress() -> None:
+    r = diloco_runner()
+    assert not r.outer_due
+    sent, _ = r.snapshot()  # the anchor: the initial zeros
+    r.status.step = 10
+    assert r.outer_due
+    r.merge_remote(sent, np.full(4, 4.0, np.float32), 10)
+    np.testing.assert_allclose(r.params, 2.0)  # anchor - 1.0 * (anchor - mean)
+    assert r.status.outer_steps == 1 and not r.outer_due  # a new cycle began at step 10
+
+
+def test_diloco_momentum_carries_over_cycles() -> None:
+    r = diloco_runner(lr=0.5, mu=0.9)
+    sent, _ = r.snapshot()
+    r.merge_remote(sent, np.full(4, 2.0, np.float32), 10)
+    first = r.params.copy()  # delta = -1: m = -1, step = 0.5 * (-1 - 0.9) -> +0.95
+    np.testing.assert_allclose(first, 0.95, rtol=1e-6)
+    sent, _ = r.snapshot()
+    r.merge_remote(sent, sent.copy(), 10)  # a peer equal to us: only momentum moves us on
+    assert np.all(r.params > first)
+
+
+def test_staleness_lowers_the_weight_of_a_peer_behind_us() -> None:
+    from gossipd.runner import AveragingRule
+
+    r = ModelRunner(StepTrainer(), 40, 1.0, 0.5,  # type: ignore[arg-type]
+                    rule=AveragingRule(staleness_halflife=100))
+    r.status.step = 200
+    sent, _ = r.snapshot()
+    r.merge_remote(sent, np.full(4, 8.0, np.float32), 100)  # 100 steps behind: weight 0.25
+    np.testing.assert_allclose(r.params, 2.0)
+
+
+def test_averaging_state_round_trips_outer_and_residual() -> None:
+    r = diloco_runner(lr=0.5, mu=0.9)
+    r.error_feedback(np.linspace(-1, 1, 4).astype(np.float32) * 1e-3 + 0.3)
+    sent, _ = r.snapshot()
+    r.merge_remote(sent, np.full(4, 2.0, np.float32), 10)
+    saved = {k: np.array(v) for k, v in r.averaging_state().items()}
+    assert {"outer_anchor", "outer_momentum", "ef_residual", "cycle_start"} <= set(saved)
+    other = diloco_runner(lr=0.5, mu=0.9)
+    other.restore_averaging_state(saved)
+    assert other._outer is not None and r._outer is not None
+    np.testing.assert_array_equal(other._outer.momentum, r._outer.momentum)
+    assert other.error_feedback.state.residual is not None
+    with pytest.raises(checkpoint.CheckpointError, match="shape"):
+        other.restore_averaging_state({"outer_anchor": np.zeros(3, np.float32),
+                                       "outer_momentum": np.zeros(3, np.float32)})

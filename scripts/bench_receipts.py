@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Cost of exchange receipts: gossipd's averaging exchange with provenance on and off, side by
+side in one run, per model size.
+
+    scripts/bench_receipts.py [--params 4810,100000,1000000,10000000] [--rounds 5] [--json]
+
+Two OS processes on 127.0.0.1 (this one initiates, a peer it starts with `--serve` responds),
+one libp2p connection (TCP + Noise + yamux), gossipd.exchange.initiate/respond as the daemon
+runs them, synthetic float32 parameters (scripts/bench_exchange.py's). "on": both nodes keep a
+ledger (gossipd.ledger in a fresh directory on the --dir file system, fsync included) and every
+exchange carries the receipt (signed by both, verified, appended); "off": no provenance. The
+two modes alternate in blocks of --block exchanges (fewer for large models), --rounds times, in
+the same warm processes, so load on the machine falls on both alike.
+
+Per size: the median wall time of initiate() in each mode, the difference (what receipts
+cost), that difference as a share of the exchange without receipts, the ratio on/off, and the
+initiator's own receipt_s (ExchangeOutcome: the receipt work that is not hidden behind the
+parameter stream). The acceptance target is a cost under 1% of exchange time; the last line
+names the smallest measured size that meets it.
+Exit 0 (a measurement); 1 when an exchange failed or ended at the wrong parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import trio  # noqa: E402
+from bench_exchange import (  # noqa: E402
+    LOOPBACK,
+    SEEDS,
+    Lines,
+    Peer,
+    StaticModel,
+    bench_params,
+    digest,
+    emit,
+    expected_digest,
+)
+
+from gossipd import exchange  # noqa: E402
+from gossipd.ledger import Ledger  # noqa: E402
+from gossipd.netapi import Stream  # noqa: E402
+from gossipd.provenance import Provenance  # noqa: E402
+from gossipd.transport import Libp2pTransport, open_transport  # noqa: E402
+from protocol.messages import AVG_PROTOCOL_ID  # noqa: E402
+
+DIGITS_PARAMS = 4810  # gossipd's digits-mlp
+DEFAULT_PARAMS = (DIGITS_PARAMS, 100_000, 1_000_000, 10_000_000)
+TARGET_SHARE = 0.01
+EXCHANGE_TIMEOUT_S = 120.0
+SAMPLES = 320  # what each node reports as trained since its last exchange
+
+
+def local_model(model: StaticModel, host: Libp2pTransport, seed: bytes,
+                provenance: Provenance | None) -> exchange.LocalModel:
+    return dataclasses.replace(model.local(host, seed), provenance=provenance,
+                               samples_since_exchange=lambda: SAMPLES)
+
+
+def open_ledger(directory: Path, host: Libp2pTransport, seed: bytes) -> Provenance:
+    directory.mkdir(parents=True, exist_ok=True)
+    return Provenance(Ledger(directory / "ledger.bin", seed, host.peer_id_bytes(host.peer_id)))
+
+
+# ------------------------------------------------------------------ the peer process
+
+
+@dataclasses.dataclass
+class ServedModel(StaticModel):
+    """The responder's model: keeps every merged vector (exchanges may overlap: the initiator
+    can start the next one while this side still writes its record), checked outside the
+    timed part."""
+
+    kept: list[Any] = dataclasses.field(default_factory=list)
+
+    def merge_remote(self, sent: Any, remote: Any, step: int) -> None:
+        super().merge_remote(sent, remote, step)
+        self.kept.append(self.merged)
+        self.merged = None
+
+
+async def serve(directory: Path) -> None:
+    """The responder: serves exchanges of the current model, with or without its ledger."""
+    state: dict[str, Any] = {"model": None, "receipts": False, "errors": []}
+    async with open_transport(SEEDS[1], LOOPBACK) as host, trio.open_nursery() as nursery:
+        provenance = open_ledger(directory, host, SEEDS[1])
+
+        async def on_stream(stream: Stream) -> None:
+            model: StaticModel | None = state["model"]
+            try:
+                if model is None:
+                    raise RuntimeError("no model configured")
+                local = local_model(model, host, SEEDS[1],
+                                    provenance if state["receipts"] else None)
+                await exchange.respond(host, stream, local, EXCHANGE_TIMEOUT_S,
+                                       exchange.ByteCounter())
+            except Exception as exc:  # reported to the initiator, which fails the run
+                state["errors"].append(f"{type(exc).__name__}: {exc}")
+
+        host.set_handler(AVG_PROTOCOL_ID, on_stream)
+        emit({"peer_id": host.peer_id, "addrs": host.listen_addrs()})
+        lines = Lines(trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())))
+        while True:
+            cmd = await lines.next()
+            op = cmd.get("op")
+            if op == "model":
+                state["model"] = ServedModel(bench_params(int(cmd["n"]), 1))
+                emit({"ok": True})
+            elif op == "receipts":
+                state["receipts"] = bool(cmd["on"])
+                emit({"ok": True})
+            elif op == "result":  # after a block: what the responder saw, then forgotten
+                await trio.sleep(0.05)  # the last respond() may still be closing its stream
+                served: ServedModel = state["model"]
+                emit({"errors": state["errors"], "digests": [digest(m) for m in served.kept],
+                      "ledger_records": len(provenance.ledger)})
+                state["errors"], served.kept = [], []
+            elif op == "quit":
+                provenance.ledger.close()
+                emit({"ok": True})
+                nursery.cancel_scope.cancel()
+                return
+            else:
+                emit({"error": f"unknown op {op!r}"})
+
+
+# ------------------------------------------------------------------ the initiator
+
+
+def block_size(num_params: int, block: int) -> int:
+    """Exchanges per block: --block for small models, fewer where one exchange takes long."""
+    return max(2, min(block, int(4e7 // max(num_params, 1))))
+
+
+async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: Provenance,
+                  num_params: int, rounds: int, block: int) -> dict[str, Any]:
+    await peer.call(op="model", n=num_params)
+    model = StaticModel(bench_params(num_params, 0))
+    expect = expected_digest(num_params)
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    receipt_s: list[float] = []
+    errors: list[str] = []
+    k = block_size(num_params, block)
+    for i in range(rounds + 1):  # round 0 warms both modes up and is not counted
+        for mode in ("off", "on") if i % 2 else ("on", "off"):
+            await peer.call(op="receipts", on=mode == "on")
+            local = local_model(model, host, SEEDS[0], provenance if mode == "on" else None)
+            for _ in range(k):
+                t0 = time.perf_counter()
+                try:
+                    outcome = await exchange.initiate(host, peer_id, local, EXCHANGE_TIMEOUT_S,
+                                                      exchange.ByteCounter())
+                except Exception as exc:  # a failed run is reported, not raised
+                    errors.append(f"{mode}: {type(exc).__name__}: {exc}")
+                    continue
+                seconds = time.perf_counter() - t0
+                if model.take_digest() != expect:
+                    errors.append(f"{mode}: parameters differ from the pair's mean")
+                if i > 0:
+                    times[mode].append(seconds)
+                    if mode == "on":
+                        receipt_s.append(outcome.receipt_s)
+            seen = await peer.call(op="result")
+            errors += [f"{mode} (responder): {e}" for e in seen["errors"]]
+            errors += [f"{mode} (responder): parameters differ from the pair's mean"
+                       for d in seen["digests"] if d != expect]
+            if len(seen["digests"]) != k:
+                errors.append(f"{mode} (responder): {len(seen['digests'])} merges, not {k}")
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    return {
+        "num_params": num_params, "mib": 4 * num_params / (1 << 20), "exchanges": len(times["on"]),
+        "off_ms": off * 1e3, "on_ms": on * 1e3, "cost_ms": (on - off) * 1e3,
+        "cost_share": (on - off) / off, "ratio": on / off,
+        "receipt_s_ms": statistics.median(receipt_s) * 1e3 if receipt_s else None,
+        "ok": not errors, "errors": errors[:10],
+    }
+
+
+async def bench(args: argparse.Namespace, directory: Path) -> list[dict[str, Any]]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", "--dir", str(directory)]
+    async with trio.open_nursery() as nursery:
+        proc = await nursery.start(lambda task_status=trio.TASK_STATUS_IGNORED: trio.run_process(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False,
+            task_status=task_status))
+        peer = Peer(proc)
+        try:
+            hello = await peer.read()
+            async with open_transport(SEEDS[0], LOOPBACK) as host:
+                provenance = open_ledger(directory / "initiator", host, SEEDS[0])
+                peer_id = hello["peer_id"]
+                with trio.fail_after(60):
+                    await host.connect(peer_id, hello["addrs"])
+                rows = [await measure(peer, host, peer_id, provenance, n, args.rounds,
+                                      args.block) for n in args.params]
+                provenance.ledger.close()
+            await peer.call(op="quit")
+        finally:
+            with trio.move_on_after(5):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], directory: str) -> None:
+    print(f"# receipts on vs off, medians; ledgers under {directory}")
+    print(f"{'params':>10}  {'MiB':>7}  {'n':>4}  {'off ms':>8}  {'on ms':>8}  {'cost ms':>8}  "
+          f"{'cost %':>7}  {'on/off':>6}  {'receipt_s ms':>12}")
+    for r in rows:
+        rs = "-" if r["receipt_s_ms"] is None else f"{r['receipt_s_ms']:.3f}"
+        print(f"{r['num_params']:>10}  {r['mib']:>7.3f}  {r['exchanges']:>4}  "
+              f"{r['off_ms']:>8.2f}  {r['on_ms']:>8.2f}  {r['cost_ms']:>8.3f}  "
+              f"{100 * r['cost_share']:>6.2f}%  {r['ratio']:>6.3f}  {rs:>12}")
+    # "From N on": N and every larger size measured meet it (a single noisy size does not).
+    from_on = None
+    for r in sorted(rows, key=lambda r: -r["num_params"]):
+        if r["cost_share"] >= TARGET_SHARE:
+            break
+        from_on = r["num_params"]
+    print(f"target cost < {100 * TARGET_SHARE:g}% of exchange time: "
+          + (f"met from {from_on} params on (of those measured)" if from_on is not None else
+             "not met at the largest measured size"))
+
+
+def _params(text: str) -> list[int]:
+    try:
+        values = [int(float(p)) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text}") from None
+    if not values or any(not 1 <= v <= 1 << 28 for v in values):
+        raise argparse.ArgumentTypeError("parameter counts must be in 1..2^28")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=_params, default=list(DEFAULT_PARAMS),
+                        help="comma-separated parameter counts (default: "
+                             + ",".join(map(str, DEFAULT_PARAMS)) + ")")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="off/on block pairs per size (default: 5)")
+    parser.add_argument("--block", type=int, default=40,
+                        help="exchanges per block for small models (default: 40)")
+    parser.add_argument("--dir", help="where the ledgers go (default: a temporary directory)")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        trio.run(serve, Path(args.dir) / "responder")
+        return 0
+    directory = Path(tempfile.mkdtemp(prefix="bench-receipts-", dir=args.dir))
+    try:
+        rows = trio.run(bench, args, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"rows": rows, "target_share": TARGET_SHARE}, indent=2))
+    else:
+        print_table(rows, str(directory.parent))
+    for r in rows:
+        for err in r["errors"]:
+            print(f"{r['num_params']} params: {err}", file=sys.stderr)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
