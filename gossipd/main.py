@@ -72,7 +72,9 @@ def _build_trainer(cfg: config_mod.Config) -> object:
     ctx = TaskContext(shard_index=t.shard_index, num_shards=t.num_shards,
                       partition=t.partition, seed=t.seed, data_path=t.data_path,
                       options=dict(t.options), hyper=hyper)
-    return make_trainer(t.task, ctx, t.compute_dtype)
+    trainer = make_trainer(t.task, ctx, t.compute_dtype)
+    trainer.warm_up(trainer.init())
+    return trainer
 
 
 def _open_provenance(cfg: config_mod.Config, seed: bytes, trainer: Any) -> Provenance:

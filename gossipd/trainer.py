@@ -174,6 +174,15 @@ class Trainer:
         opt_state = self.definition.optimizer.init(self._params0)
         return TrainState(params=flat, opt_state=opt_state, step=0, rng=rng)
 
+    def warm_up(self, state: TrainState) -> None:
+        """Compile the training loop and the evaluation now (zero steps run), so a node is
+        ready to train when it says it is ready, not one compile (seconds) later."""
+        *_, loss = self._run(state.params, state.opt_state, state.rng,
+                             jnp.asarray(0, jnp.int32), self._data)
+        float(loss)  # waits for the result
+        for value in self._metrics(state.params, self._eval).values():
+            float(value)
+
     def run_steps(self, state: TrainState, n: int) -> tuple[TrainState, float]:
         """``n`` steps on the local data; returns the new state and the mean loss.
 
