@@ -25,7 +25,7 @@ EPILOG = """\
 examples:
   gossipctl status                       human-readable node status
   gossipctl status --json                the same as JSON, for scripts
-  gossipctl peers                        peers with exchange counters, strikes and bans
+  gossipctl peers                        peers: exchanges, strikes, reputation, bans
   gossipctl peers add /ip4/10.0.0.5/tcp/4001/p2p/12D3KooW...
   gossipctl peers ban 12D3KooW... --for 600
   gossipctl train pause                  stop local steps, keep averaging
@@ -127,13 +127,17 @@ def render_status(s: dict[str, Any]) -> str:
 def render_peers(peers: list[dict[str, Any]]) -> str:
     if not peers:
         return "no peers known yet"
-    rows = [f"{'peer id':<54} {'live':<5} {'ok':>6} {'failed':>7} {'strikes':>7}  banned"]
+    rows = [f"{'peer id':<54} {'live':<5} {'ok':>6} {'failed':>7} {'strikes':>7} "
+            f"{'reputation':>10} {'clipped':>7}  banned"]
     for p in peers:
         banned = "-" if not p.get("banned") else (
             "yes" if p.get("banned_for_s") is None else f"{p['banned_for_s']:.0f} s")
+        rep = p.get("reputation") or {}
+        score = "-" if not rep else f"{rep['score']:.2f}"
+        clipped = "-" if not rep else str(rep["clipped"] + rep["clipped_hard"])
         rows.append(
             f"{p['peer_id']:<54} {'yes' if p['live'] else 'no':<5} {p['exchanges_ok']:>6} "
-            f"{p['exchanges_failed']:>7} {p['strikes']:>7}  {banned}"
+            f"{p['exchanges_failed']:>7} {p['strikes']:>7} {score:>10} {clipped:>7}  {banned}"
         )
     return "\n".join(rows)
 

@@ -171,7 +171,7 @@ def build_handlers(node: Node) -> dict[str, Handler]:
     handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
         "status": lambda _req: node.status(),
         "params": lambda _req: node.params(),
-        "peers": lambda _req: node.peers.snapshot(now()),
+        "peers": lambda _req: node.peer_rows(),
         "peers.add": peers_add,
         "peers.remove": peers_remove,
         "peers.ban": peers_ban,

@@ -70,6 +70,12 @@ class AveragingConfig:
     staleness_halflife: int = 0
     compression: str = "none"  # "none" (float32), "bf16", "int8" (blockwise, error feedback)
     join: str = "pull"  # a fresh node first takes a peer's model ("pull") or mixes it ("mix")
+    # "clip": self-centred clipping, norm checks and peer reputation (gossipd/robust.py);
+    # "none": plain averaging (trusting every member)
+    robust: str = "clip"
+    # Testbeds only: this node lies in its exchanges ("signflip", "scaled", "noise", "alie",
+    # "stale"; gossipd/attacks.py), to measure a swarm's defences. "none" on real nodes.
+    attack: str = "none"
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,9 @@ def _loopback(hp: tuple[str, int] | None) -> bool:
 
 ALGORITHMS = ("gossip", "diloco")
 COMPRESSIONS = ("none", "bf16", "int8")
+# "nan" is not among them: a node's own codec refuses to send a non-finite vector and every
+# receiver's decoder rejects one (protocol/tensors.py), so it cannot reach a peer's merge.
+ATTACKS = ("none", "signflip", "scaled", "noise", "alie", "stale")
 
 
 def _is_factory_ref(text: str) -> bool:
@@ -212,6 +221,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "averaging.outer_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "averaging.staleness_halflife": (lambda v: 0 <= v <= 10_000_000, "0 (off) or steps >= 1"),
     "averaging.compression": (lambda v: v in COMPRESSIONS, "one of " + ", ".join(COMPRESSIONS)),
+    "averaging.robust": (lambda v: v in ("clip", "none"), "\"clip\" or \"none\""),
+    "averaging.attack": (lambda v: v in ATTACKS, "one of " + ", ".join(ATTACKS)),
     "averaging.join": (lambda v: v in ("pull", "mix"), "\"pull\" or \"mix\""),
     "train.task": (lambda v: v in TASKS or _is_factory_ref(v),
                    "one of " + ", ".join(TASKS) + " or a plugin \"package.module:factory\""),

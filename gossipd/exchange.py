@@ -46,7 +46,7 @@ import trio
 from gossipd.netapi import MessageStream, Stream, Transport, TransportError
 from gossipd.provenance import Provenance
 from gossipd.receipts import Announcement, ExchangeFacts, announce, swap_signatures
-from protocol.errors import ProtocolError, UnexpectedMessage
+from protocol.errors import ParamsRejected, ProtocolError, UnexpectedMessage
 from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, encode_message
 from protocol.quant import decode, encode
 from protocol.receipt import params_hash, params_hasher
@@ -111,6 +111,13 @@ class LocalModel:
     samples_since_exchange: Callable[[], int] = field(default=lambda: 0)
     compression: str = "none"
     compress: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    # (peer id, sent, remote) -> a reason to refuse the remote vector, or None; checked after
+    # the parameters arrive and before the receipt is signed (gossipd/robust.py)
+    check_remote: Callable[[str, np.ndarray, np.ndarray], str | None] | None = None
+    # preferred over merge_remote when set: the same, with the peer id first
+    merge_from: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None
+    # testbeds only (averaging.attack): what this node sends instead of its snapshot
+    tamper: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -312,6 +319,8 @@ async def _finish(
 ) -> ExchangeOutcome:
     """Both roles, once keys exist: swap encrypted parameters, sign the receipt (with
     provenance), then mix theirs into ours."""
+    if model.tamper is not None:
+        flat = model.tamper(flat)
     payload, flat = _compressed(model, flat)  # from here on `flat` is what the peer receives
     frames = session.params_frames(payload, step, encoding=model.compression)
     theirs = session.remote_receipt
@@ -320,6 +329,12 @@ async def _finish(
     remote, remote_step, t_receipt = await _swap_params(ms, session, frames, hashes)
     if mine is not None and theirs is None:
         raise NoReceipt
+    if model.check_remote is not None:
+        reason = model.check_remote(ms.stream.remote_peer, flat, remote)
+        if reason is not None:
+            exc = ParamsRejected(f"parameters refused: {reason}")
+            await _send_error(ms, exc)
+            raise exc
     receipt = None
     if provenance is not None and hashes is not None and mine is not None and theirs is not None:
         t0 = trio.current_time()
@@ -338,7 +353,9 @@ async def _finish(
     def merge() -> None:
         nonlocal merge_s
         t = trio.current_time()
-        if model.merge_remote is not None:
+        if model.merge_from is not None:
+            model.merge_from(ms.stream.remote_peer, flat, remote, remote_step)
+        elif model.merge_remote is not None:
             model.merge_remote(flat, remote, remote_step)
         else:
             model.apply_remote(remote, remote_step)

@@ -32,6 +32,10 @@ Rules:
   in flight carry over into the next cycle. `outer_due` tells the daemon when a cycle of
   `inner_steps` is complete. Staleness (`staleness_halflife` > 0) lowers the weight of a peer
   that is behind us (gossipd/mixing.py staleness_weight), in either algorithm.
+- Robust (`AveragingRule.robust`): the remote update R - S is clipped around our own point
+  with a radius learned from recent exchanges (gossipd/robust.py, ClippedGossip), so one lying
+  peer moves us by at most w * tau per exchange; `on_clip` reports each outcome for the peer's
+  reputation.
 - Averaging state that must survive a restart (the outer anchor and momentum, the compression
   residual) is part of every checkpoint (`averaging_state`).
 """
@@ -57,6 +61,7 @@ from gossipd import checkpoint
 from gossipd.compress import EFState, ErrorFeedback
 from gossipd.mixing import merge, mix, staleness_weight
 from gossipd.outer import OuterState, outer_init, outer_update
+from gossipd.robust import ClipInfo, ClipState, clip_init, clipped_merge
 from gossipd.trainer import Trainer, TrainState
 
 log = logging.getLogger("gossipd.runner")
@@ -75,6 +80,7 @@ class AveragingRule:
     outer_lr: float = 0.5
     outer_momentum: float = 0.9
     staleness_halflife: int = 0
+    robust: bool = False  # self-centred clipping of every remote update (gossipd/robust.py)
 
 
 @dataclass
@@ -87,6 +93,7 @@ class TrainStatus:
     adopted_step: int | None = None  # the peer's step whose parameters a pulling node took
     fresh_ignored: int = 0  # remote parameters at step 0 not mixed in (they carry no training)
     outer_steps: int = 0  # diloco: outer optimizer steps taken
+    clipped: int = 0  # robust: remote updates scaled down by the clipping
 
 
 class ModelRunner:
@@ -122,8 +129,11 @@ class ModelRunner:
         self._outer: OuterState | None = (
             outer_init(self._params) if self.rule.algorithm == "diloco" else None)
         self._cycle_start = 0  # diloco: step at which the current cycle of inner steps began
-        # (sent snapshot or None for a plain mix, remote, remote step) waiting for the chunk
-        self._pending: list[tuple[np.ndarray | None, np.ndarray, int]] = []
+        self._clip: ClipState = clip_init()  # robust: recent honest-looking distances
+        # robust: told (peer id or None, what the clipping did) after every clipped merge
+        self.on_clip: Callable[[str | None, ClipInfo], None] | None = None
+        # (sent snapshot or None for a plain mix, remote, remote step, peer) waiting for the chunk
+        self._pending: list[tuple[np.ndarray | None, np.ndarray, int, str | None]] = []
         self._busy = False
         self._hold = trio.Lock()  # held around a chunk and its queued merges; see capture()
         self.join = join
@@ -169,24 +179,26 @@ class ModelRunner:
         """The last completed parameters (read-only, not copied) and their step."""
         return self._params, self.status.step
 
-    def merge_remote(self, sent: np.ndarray, remote: np.ndarray, remote_step: int) -> None:
+    def merge_remote(self, sent: np.ndarray, remote: np.ndarray, remote_step: int,
+                     peer: str | None = None) -> None:
         """Merge a peer's parameters R from an exchange that sent our snapshot S: the current
         parameters C become C + weight * (R - S), except for the join rules in the module
         docstring. ``remote`` is taken over (the merge is written into it)."""
         if self._busy:
-            self._pending.append((sent, remote, remote_step))
+            self._pending.append((sent, remote, remote_step, peer))
         else:
-            self._merge_now(sent, remote, remote_step)
+            self._merge_now(sent, remote, remote_step, peer)
 
     def apply_remote(self, remote: np.ndarray, remote_step: int) -> None:
         """Mix R into the current parameters C directly: (1 - weight) * C + weight * R. For
         callers that do not know what they sent; exchanges use merge_remote."""
         if self._busy:
-            self._pending.append((None, remote, remote_step))
+            self._pending.append((None, remote, remote_step, None))
         else:
-            self._merge_now(None, remote, remote_step)
+            self._merge_now(None, remote, remote_step, None)
 
-    def _merge_now(self, sent: np.ndarray | None, remote: np.ndarray, remote_step: int) -> None:
+    def _merge_now(self, sent: np.ndarray | None, remote: np.ndarray, remote_step: int,
+                   peer: str | None) -> None:
         # The join rules look at the steps as they are now, not when the exchange started.
         joining, self_step = self.joining, self.status.step
         self._joined.set()  # a completed exchange ends the wait, whatever it brought
@@ -205,8 +217,17 @@ class ModelRunner:
                                  self.rule.staleness_halflife)
             if sent is None:
                 mixed = mix(self._params, remote, w)
+            elif self.rule.robust:
+                # diloco clips the pair average around what we sent, gossip the merge itself
+                base = sent if self.rule.algorithm == "diloco" else self._params
+                mixed, self._clip, info = clipped_merge(self._clip, base, sent, remote, w)
+                self.status.clipped += info.scale < 1.0
+                if self.on_clip is not None:
+                    self.on_clip(peer, info)
+                if self.rule.algorithm == "diloco":
+                    mixed = self._outer_step(sent, mixed)
             elif self.rule.algorithm == "diloco":
-                mixed = self._outer_step(sent, remote, w)
+                mixed = self._outer_step(sent, mix(sent, remote, w))
             else:
                 target = remote if _writable_float32(remote) else None
                 mixed = merge(self._params, sent, remote, w, out=target)
@@ -214,10 +235,9 @@ class ModelRunner:
         self._params = _frozen(mixed)
         self.status.mixes += 1
 
-    def _outer_step(self, sent: np.ndarray, remote: np.ndarray, w: float) -> np.ndarray:
+    def _outer_step(self, sent: np.ndarray, averaged: np.ndarray) -> np.ndarray:
         """diloco: outer Nesterov step towards the pair average; in-flight progress kept."""
         outer = self._outer if self._outer is not None else outer_init(sent)
-        averaged = mix(sent, remote, w)
         anchor, self._outer = outer_update(outer, averaged, self.rule.outer_lr,
                                            self.rule.outer_momentum)
         self._cycle_start = self.status.step
@@ -235,8 +255,8 @@ class ModelRunner:
 
     def _merge_pending(self) -> None:
         pending, self._pending = self._pending, []
-        for sent, remote, remote_step in pending:
-            self._merge_now(sent, remote, remote_step)
+        for sent, remote, remote_step, peer in pending:
+            self._merge_now(sent, remote, remote_step, peer)
 
     # -- checkpoints --
     def averaging_state(self) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ __all__ = [
     "HistoryRewritten",
     "IntegrityError",
     "LimitExceeded",
+    "ParamsRejected",
     "ProtocolError",
     "RemoteError",
     "ReplayDetected",
@@ -103,6 +104,13 @@ class SpecMismatch(ProtocolError):
     code = "spec"
 
 
+class ParamsRejected(ProtocolError):
+    """Well-formed parameters the receiver's robustness checks refuse to merge (a norm far
+    from its own model's: gossipd/robust.py). Raised by the receiver, not by protocol/."""
+
+    code = "rejected"
+
+
 class RemoteError(ProtocolError):
     """The peer sent an ErrorMsg; ``remote_code`` is the code it reported."""
 
@@ -126,6 +134,7 @@ ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     IntegrityError,
     LimitExceeded,
     SpecMismatch,
+    ParamsRejected,
     RemoteError,
 )
 

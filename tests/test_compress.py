@@ -238,7 +238,7 @@ def _node(net: MemoryNetwork, name: str, value: float, state: Path, compression:
     transport = net.transport(name)
     cfg = Config(network=NetworkConfig(listen=("/memory",), dial_timeout_s=1.0),
                  averaging=AveragingConfig(interval_s=3600, timeout_s=2.0,
-                                           compression=compression),
+                                           compression=compression, robust="none"),
                  train=TrainConfig(steps_per_second=40, eval_interval_s=1.0))
     trainer = FakeTrainer(value, n=1000, spec="fake/1000")
     runner = ModelRunner(trainer, 40, 1.0, 0.5)  # type: ignore[arg-type]

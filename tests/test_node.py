@@ -53,12 +53,16 @@ class FakeTrainer:
 
 def make_node(net: MemoryNetwork, name: str, value: float, *, bootstrap: tuple[str, ...] = (),
               enabled: bool = True, spec: str = "fake/6", timeout: float = 2.0,
-              swarm_key: bytes | None = None, replay: ReplayGuard | None = None) -> Node:
+              swarm_key: bytes | None = None, replay: ReplayGuard | None = None,
+              robust: str = "none") -> Node:
+    """robust="none" by default: these toy vectors (all 0.0 vs all 1.0) are far apart in norm,
+    which the robustness checks rightly refuse; the robust tests turn it on."""
     transport: MemoryTransport = net.transport(name)
     cfg = Config(
         network=NetworkConfig(listen=("/memory",), bootstrap=bootstrap, dial_timeout_s=1.0,
                               discovery_interval_s=0.5),
-        averaging=AveragingConfig(enabled=enabled, interval_s=0.2, timeout_s=timeout),
+        averaging=AveragingConfig(enabled=enabled, interval_s=0.2, timeout_s=timeout,
+                                  robust=robust),
         train=TrainConfig(steps_per_second=40, eval_interval_s=1.0),
     )
     runner = ModelRunner(FakeTrainer(value, spec=spec), 40, 1.0, 0.5)  # type: ignore[arg-type]
@@ -385,3 +389,35 @@ async def test_a_frozen_peer_does_not_stall_averaging_with_the_others(
     assert entry_c is not None and entry_c.exchanges_ok >= 10  # ~every 0.2 s, b or not
     entry_b = a.peers.get(b.transport.peer_id)
     assert entry_b is not None and entry_b.exchanges_ok == 0
+
+
+async def test_robust_nodes_clip_a_noisy_liar_and_lower_its_reputation(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Three honest nodes near 1.0 and one that sends Gaussian noise (averaging.attack): the
+    honest ones stay near their mean, clip the liar's updates and score it lowest."""
+    import dataclasses
+
+    net = MemoryNetwork()
+    honest = [make_node(net, f"h{i}", 1.0 + 0.01 * i, robust="clip") for i in range(3)]
+    liar = make_node(net, "liar", 1.0, robust="clip")
+    liar.config = dataclasses.replace(
+        liar.config, averaging=dataclasses.replace(liar.config.averaging, attack="noise"))
+    liar.model = dataclasses.replace(liar.model, tamper=liar._tamper)
+    nodes = [*honest, liar]
+    for n in nodes:
+        for m in nodes:
+            if m is not n:
+                n.peers.add(m.transport.peer_id, ["/memory"], trio.current_time())
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        await start(nursery, *nodes)
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    for h in honest:
+        assert float(np.abs(params(h) - 1.01).max()) < 0.1  # plain averaging: ~0.5 off
+        rows = {r["peer_id"]: r for r in h.peer_rows()}
+        bad = rows[liar.transport.peer_id]["reputation"]
+        good = [rows[o.transport.peer_id]["reputation"] for o in honest if o is not h]
+        assert bad is not None and all(g is not None and g["score"] > bad["score"] for g in good)
+        assert bad["clipped"] + bad["clipped_hard"] + bad["rejected"] > 0
+    assert sum(h.runner.status.clipped for h in honest) > 0

@@ -27,7 +27,7 @@ from tests.test_node import FakeTrainer, one_exchange, params
 def node(net: MemoryNetwork, name: str, value: float, state: Path | None, n: int = 6) -> Node:
     transport = net.transport(name)
     cfg = Config(network=NetworkConfig(listen=("/memory",), dial_timeout_s=1.0),
-                 averaging=AveragingConfig(interval_s=3600, timeout_s=2.0),
+                 averaging=AveragingConfig(interval_s=3600, timeout_s=2.0, robust="none"),
                  train=TrainConfig(steps_per_second=40, eval_interval_s=1.0))
     runner = ModelRunner(FakeTrainer(value, n=n, spec=f"fake/{n}"),  # type: ignore[arg-type]
                          40, 1.0, 0.5)

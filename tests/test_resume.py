@@ -81,7 +81,7 @@ def node(net: MemoryNetwork, name: str, value: float, join: str | None, *,
         node=NodeConfig(state_dir=state_dir, checkpoint_interval_s=interval, checkpoint_keep=3),
         network=NetworkConfig(listen=("/memory",), bootstrap=bootstrap, dial_timeout_s=1.0,
                               discovery_interval_s=0.5),
-        averaging=AveragingConfig(interval_s=0.2, timeout_s=2.0),
+        averaging=AveragingConfig(interval_s=0.2, timeout_s=2.0, robust="none"),
         train=TrainConfig(steps_per_second=40, eval_interval_s=1.0),
     )
     runner = ModelRunner(FakeTrainer(value), 40, 1.0, 0.5,  # type: ignore[arg-type]
