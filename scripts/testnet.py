@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Local multi-process testnet: N gossipd processes on 127.0.0.1.
+"""Local multi-process testnet: N gossipd processes on 127.0.0.1 (or in network namespaces).
 
     scripts/testnet.py run --nodes 4 --seconds 90 --partition dirichlet:0.1 --out testnet-out
     scripts/testnet.py run ... --fault kill:3@30 --fault restart:3@50 --fault pause:1@20+15
@@ -8,6 +8,9 @@
     scripts/testnet.py kill|restart|pause|resume NODE --dir tn
     scripts/testnet.py down --dir tn              # stop every node, remove the socket dir
     scripts/testnet.py dashboard --dir tn         # live page of the whole testnet
+    scripts/testnet.py run --nodes 4 --seconds 25 --netns --fault partition:0-1/2-3@5+6 --out d
+    scripts/testnet.py up --nodes 4 --netns --dir tn; scripts/testnet.py partition 0-1/2-3 \
+        --dir tn; scripts/testnet.py heal --dir tn    # (root only, as --netns)
 
 Every node gets its own directory (config.toml, state/ with its key, gossipd.log), a fixed
 loopback port and a control socket in a short private temp dir (Unix socket paths are limited to
@@ -22,6 +25,28 @@ status and parameters, SIGTERM all nodes (SIGKILL after 15 s, counted as a failu
 DIR/summary.json, DIR/timeseries.json, PNG plots and DIR/report.md (scripts/report.py), plus a
 table. Exit status 0 when every node started, answered and stopped cleanly (nodes the schedule
 killed excepted); 1 otherwise.
+
+`--netns` (root only; scripts/netns.py): every node runs in a network namespace of its own,
+started as `ip netns exec NS python -m gossipd.main ...` (ip execs python, so the pid the testnet
+records and signals is gossipd's own), listening on 10.77.0.(I+1) port 4001; the namespaces
+hang off one bridge in a namespace of their own and are named gsd<pid>-*, the host's interfaces
+and routes are untouched. The testnet talks to the nodes over their Unix control sockets, which
+work across network namespaces. Fault actions `partition:GROUPS@S[+D]` (`cut:` is the same;
+GROUPS like 0-3/4-7, 0,2/1,3 or 3: each group is cut off from every node outside it) and
+`heal@S` (a +D heals by itself D seconds later): packets between the groups are dropped, TCP
+connections stall and resume after the heal. summary.json then has "partitions": exchanges
+across and within the cut while it was in place and after the heal (from every node's peer
+table), and the consensus distance before, during and after it; the table prints them. The
+namespaces are removed at the end of the run, also after a failure, Ctrl-C or SIGTERM
+(`leftovers.netns_left` lists any that were not); `up --netns` keeps them until `down`, and
+`partition GROUPS` / `heal` cut and heal its network. A record of what was made is kept in
+DIR/netns.json, so `scripts/netns.py down --state DIR/netns.json` removes a network whose
+testnet was SIGKILLed.
+
+The partition measurement (8 nodes, 4/4 for 3 minutes, then 3 minutes healed):
+
+    scripts/testnet.py run --nodes 8 --seconds 420 --partition dirichlet:0.1 --netns \
+        --fault partition:0-3/4-7@60+180 --sample-every 5 --ready-timeout 600 --out d
 
 `up` and the commands after it: the nodes run in their own sessions, so they outlive the shell
 that started them; DIR/testnet.json records pids, sockets, ports, configs and the seed. A pid is
@@ -38,6 +63,7 @@ import contextlib
 import fcntl
 import heapq
 import json
+import math
 import os
 import shutil
 import signal
@@ -57,6 +83,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import netns  # noqa: E402
+
 from gossipd.cli import ControlError, request  # noqa: E402
 from gossipd.identity import load_or_create_seed, peer_id_for_seed  # noqa: E402
 
@@ -65,6 +93,9 @@ STOP_TIMEOUT_S = 15.0
 STATE_FILE = "testnet.json"
 LOCK_FILE = ".testnet.lock"
 FAULT_ACTIONS = ("kill", "stop", "restart", "pause", "resume")
+NET_ACTIONS = ("partition", "cut", "heal")  # --netns only; cut is partition's other name
+NETNS_STATE = "netns.json"
+NETNS_PORT = 4001  # every node namespace has its own ports: all nodes listen on this one
 # Environment a node must not inherit: a systemd credential or notify socket meant for this shell
 # would give every node the same key or send their READY=1 to someone else.
 UNINHERITED_ENV = ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -137,6 +168,14 @@ def port_listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def node_listening(spec: NodeSpec) -> bool:
+    """Whether the node's port is still listened on where the node listens: 127.0.0.1 of the
+    host, or its own namespace (False once that namespace is gone)."""
+    if spec.netns is None:
+        return port_listening(spec.port)
+    return netns.listening(spec.netns, spec.port)
+
+
 @dataclass
 class NodeSpec:
     """One node as testnet.json records it."""
@@ -152,20 +191,28 @@ class NodeSpec:
     start_ticks: int | None = None  # /proc/PID/stat field 22: tells a recycled pid apart
     state: str = "new"  # running | paused | killed | stopped | exited
     incarnations: int = 0
+    netns: str | None = None  # the network namespace it runs in (--netns), None: the host's
 
     @property
     def log(self) -> Path:
         return Path(self.dir) / "gossipd.log"
 
 
-def plan_nodes(args: argparse.Namespace, base: Path, sockdir: Path) -> list[NodeSpec]:
-    """Keys, ports and config files of every node (nothing started yet)."""
+def plan_nodes(args: argparse.Namespace, base: Path, sockdir: Path,
+               net: netns.Network | None = None) -> list[NodeSpec]:
+    """Keys, ports and config files of every node (nothing started yet). With ``net``, node i
+    runs in namespace net.ns(i) and listens on net.addr(i), port NETNS_PORT."""
     # Every node's key is made up front: the swarm is closed, its allowlist is all nodes, and
     # every node's address is known before any node starts.
     ids = [peer_id_for_seed(load_or_create_seed(base / f"node{i}" / "state"))
            for i in range(args.nodes)]
-    ports = free_ports(args.nodes)
-    addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{pid}" for p, pid in zip(ports, ids, strict=True)]
+    if net is None:
+        ports = free_ports(args.nodes)
+        hosts = ["127.0.0.1"] * args.nodes
+    else:
+        ports = [NETNS_PORT] * args.nodes
+        hosts = [net.addr(i) for i in range(args.nodes)]
+    addrs = [f"/ip4/{h}/tcp/{p}/p2p/{pid}" for h, p, pid in zip(hosts, ports, ids, strict=True)]
     overrides = parse_overrides(args.set)
     swarm = {"open": True} if args.open_swarm else {"members": ids}
     specs = []
@@ -180,7 +227,7 @@ def plan_nodes(args: argparse.Namespace, base: Path, sockdir: Path) -> list[Node
             "swarm": dict(swarm),
             "node": {"state_dir": str(ndir / "state"), "control_socket": str(sock),
                      "log_level": args.log_level},
-            "network": {"listen": [f"/ip4/127.0.0.1/tcp/{ports[i]}"], "bootstrap": bootstrap,
+            "network": {"listen": [f"/ip4/{hosts[i]}/tcp/{ports[i]}"], "bootstrap": bootstrap,
                         "discovery_interval_s": 1.0},
             "averaging": {"enabled": not args.local_only},
             "train": {"task": args.task, "partition": args.partition, "num_shards": args.nodes,
@@ -192,15 +239,21 @@ def plan_nodes(args: argparse.Namespace, base: Path, sockdir: Path) -> list[Node
             sections["train"]["data_path"] = str(Path(sections["train"]["data_path"]).resolve())
         write_config(ndir / "config.toml", sections)
         specs.append(NodeSpec(index=i, dir=str(ndir), config=str(ndir / "config.toml"),
-                              socket=str(sock), port=ports[i], peer_id=ids[i], addr=addrs[i]))
+                              socket=str(sock), port=ports[i], peer_id=ids[i], addr=addrs[i],
+                              netns=None if net is None else net.ns(i)))
     return specs
 
 
 def launch(spec: NodeSpec, *, own_session: bool) -> subprocess.Popen[bytes]:
-    """Start the node's gossipd; its output is appended to its gossipd.log."""
+    """Start the node's gossipd; its output is appended to its gossipd.log. In a namespace it
+    starts as `ip netns exec NS python ...`: ip enters the namespace and execs python, so the
+    pid is gossipd's own (proc_state then checks its command line as for any node)."""
+    argv = [sys.executable, "-m", "gossipd.main", "--config", spec.config]
+    if spec.netns is not None:
+        argv = ["ip", "netns", "exec", spec.netns, *argv]
     with open(spec.log, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gossipd.main", "--config", spec.config],
+            argv,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=node_env(),
             cwd=spec.dir, start_new_session=own_session,
         )
@@ -356,29 +409,52 @@ class Fault:
     node: int = field(compare=False)
     duration: float | None = field(default=None, compare=False)
     auto: bool = field(default=False, compare=False)  # the resume that ends a timed pause
+    # partition: the groups of nodes (node is -1); heal: none (node -1)
+    groups: list[list[int]] | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         extra = f"+{self.duration:g}" if self.duration is not None else ""
-        return f"{self.action}:{self.node}@{self.at:g}{extra}"
+        if self.action == "heal":
+            return f"heal@{self.at:g}"
+        target = netns.format_groups(self.groups) if self.groups is not None else self.node
+        return f"{self.action}:{target}@{self.at:g}{extra}"
 
 
 def parse_fault(text: str, seq: int) -> Fault:
-    """ACTION:NODE@SECONDS[+DURATION], e.g. kill:3@30, restart:3@50, pause:1@20+15."""
+    """ACTION:NODE@SECONDS[+DURATION], e.g. kill:3@30, restart:3@50, pause:1@20+15; with
+    --netns also partition:GROUPS@SECONDS[+DURATION] (cut:... the same; GROUPS such as 0-3/4-7
+    or 0,1|2,3) and heal@SECONDS."""
     action, colon, rest = text.partition(":")
-    node, at_sign, when = rest.partition("@")
+    if "@" in action and not colon:  # heal@S
+        action, rest = action.partition("@")[0], "@" + action.partition("@")[2]
+    target, at_sign, when = rest.partition("@")
     at, plus, duration = when.partition("+")
+    action = "partition" if action == "cut" else action
     try:
-        if not (colon and at_sign) or action not in FAULT_ACTIONS:
+        if not at_sign or action not in (*FAULT_ACTIONS, *NET_ACTIONS):
             raise ValueError
-        fault = Fault(at=float(at), seq=seq, action=action, node=int(node),
-                      duration=float(duration) if plus else None)
+        groups = None
+        node = -1
+        if action == "partition":
+            groups = netns.parse_groups(target)
+        elif action == "heal":
+            if target not in ("", "all"):
+                raise ValueError
+        elif not colon:
+            raise ValueError
+        else:
+            node = int(target)
+        fault = Fault(at=float(at), seq=seq, action=action, node=node,
+                      duration=float(duration) if plus else None, groups=groups)
     except ValueError:
         raise ValueError(f"--fault expects ACTION:NODE@SECONDS[+DURATION] with ACTION one of "
-                         f"{', '.join(FAULT_ACTIONS)}, got {text!r}") from None
+                         f"{', '.join(FAULT_ACTIONS)}, or (with --netns) "
+                         f"partition:GROUPS@SECONDS[+DURATION] and heal@SECONDS, "
+                         f"got {text!r}") from None
     if fault.at < 0 or (fault.duration is not None and fault.duration <= 0):
         raise ValueError(f"--fault {text!r}: times must be >= 0, durations > 0")
-    if fault.duration is not None and action != "pause":
-        raise ValueError(f"--fault {text!r}: only pause takes +DURATION")
+    if fault.duration is not None and action not in ("pause", "partition"):
+        raise ValueError(f"--fault {text!r}: only pause and partition take +DURATION")
     return fault
 
 
@@ -389,7 +465,12 @@ def parse_faults(args: argparse.Namespace) -> list[Fault]:
         idx, _, at = args.kill.partition("@")
         faults.append(parse_fault(f"kill:{idx}@{at}", len(faults)))
     for f in faults:
-        if not 0 <= f.node < args.nodes:
+        if f.action in NET_ACTIONS:
+            if not getattr(args, "netns", False):
+                raise ValueError(f"fault {f.describe()}: partitions need --netns")
+            if f.groups is not None:
+                netns.parse_groups(netns.format_groups(f.groups), args.nodes)
+        elif not 0 <= f.node < args.nodes:
             raise ValueError(f"fault {f.describe()}: no node {f.node} "
                              f"(nodes 0..{args.nodes - 1})")
     return faults
@@ -555,7 +636,7 @@ def leftovers(nodes: list[RunNode]) -> dict[str, Any]:
     # A SIGKILLed node cannot remove its socket; the daemon replaces such a stale file on its
     # next start. Only sockets of nodes that were asked to stop count as left behind.
     sockets = [n.spec.socket for n in nodes if Path(n.spec.socket).exists() and not n.killed]
-    ports = [n.spec.addr for n in nodes if port_listening(n.spec.port)]
+    ports = [n.spec.addr for n in nodes if node_listening(n.spec)]
     return {"processes_alive": alive, "sockets_left": sockets, "ports_listening": ports}
 
 
@@ -581,18 +662,97 @@ def print_table(summary: dict[str, Any]) -> None:
           f"leftovers {summary['leftovers']}")
 
 
+def peer_counts(nodes: list[RunNode]) -> dict[int, dict[int, list[int]]]:
+    """Every answering node's peer table as {node: {peer node: [exchanges ok, failed]}} (both
+    the exchanges it started and those it served)."""
+    index = {n.spec.peer_id: n.index for n in nodes}
+    out: dict[int, dict[int, list[int]]] = {}
+    for n in nodes:
+        if not n.up:
+            continue
+        try:
+            rows = request(Path(n.spec.socket), "peers", timeout=5)
+        except ControlError:
+            continue
+        out[n.index] = {index[r["peer_id"]]: [int(r["exchanges_ok"]), int(r["exchanges_failed"])]
+                        for r in rows if r.get("peer_id") in index}
+    return out
+
+
+def count_delta(a: dict[int, dict[int, list[int]]], b: dict[int, dict[int, list[int]]],
+                groups: list[list[int]], nodes: int) -> dict[str, int]:
+    """Exchanges between snapshots a and b, split into pairs across the cut and pairs within a
+    group (the nodes in no group are a group of their own, as in netns.Network.cut); each
+    exchange is seen by both its ends. A node that restarted in between counts from zero."""
+    group = {i: -1 for i in range(nodes)}
+    for k, g in enumerate(groups):
+        for i in g:
+            group[i] = k
+    out = {"cross_ok": 0, "cross_failed": 0, "within_ok": 0, "within_failed": 0}
+    for i, peers in b.items():
+        for j, (ok_b, failed_b) in peers.items():
+            ok_a, failed_a = a.get(i, {}).get(j, [0, 0])
+            d_ok = ok_b - ok_a if ok_b >= ok_a else ok_b
+            d_failed = failed_b - failed_a if failed_b >= failed_a else failed_b
+            kind = "cross" if group[i] != group[j] else "within"
+            out[f"{kind}_ok"] += d_ok
+            out[f"{kind}_failed"] += d_failed
+    return out
+
+
 class RunState:
     """The fault schedule's effect on the nodes of one run."""
 
-    def __init__(self, nodes: list[RunNode], collector: Collector) -> None:
+    def __init__(self, nodes: list[RunNode], collector: Collector,
+                 net: netns.Network | None = None) -> None:
         self.nodes = nodes
         self.collector = collector
+        self.net = net
         self.kill_record: dict[str, Any] | None = None
         self.applied: list[dict[str, Any]] = []
+        # one entry per partition: groups, cut/heal times, peer-table snapshots at the cut, at
+        # the heal and at the end (turned into exchange counts by partition_reports)
+        self.partitions: list[dict[str, Any]] = []
+
+    def _cut(self, fault: Fault, elapsed: float, queue: list[Fault]) -> None:
+        assert self.net is not None and fault.groups is not None
+        if self.partitions and self.partitions[-1]["healed_at_s"] is None:
+            self._heal(elapsed)
+        self.net.cut(fault.groups)
+        # Snapshots after the cut and before the heal: "during" holds only exchanges that ran
+        # while the cut was in place.
+        self.partitions.append({"fault": fault.describe(), "groups": fault.groups,
+                                "cut_at_s": round(elapsed, 2), "healed_at_s": None,
+                                "counts": {"cut": peer_counts(self.nodes)}})
+        if fault.duration is not None:
+            heapq.heappush(queue, Fault(at=fault.at + fault.duration, seq=fault.seq,
+                                        action="heal", node=-1, auto=True))
+
+    def _heal(self, elapsed: float) -> bool:
+        assert self.net is not None
+        if not self.partitions or self.partitions[-1]["healed_at_s"] is not None:
+            return False
+        part = self.partitions[-1]
+        part["counts"]["heal"] = peer_counts(self.nodes)
+        self.net.heal()
+        part["healed_at_s"] = round(elapsed, 2)
+        return True
+
+    def finish(self) -> None:
+        """The end of the run: the last snapshot of the peer tables (the 'after' counts)."""
+        if self.partitions:
+            end = peer_counts(self.nodes)
+            for part in self.partitions:
+                part["counts"].setdefault("heal", end)
+                part["counts"]["end"] = end
 
     def _record(self, fault: Fault, elapsed: float, note: str | None = None) -> None:
         entry: dict[str, Any] = {"fault": fault.describe(), "action": fault.action,
                                  "node": fault.node, "at_s": round(elapsed, 1)}
+        if fault.groups is not None:  # (node: what report.py prints next to the fault's line)
+            entry.update(groups=fault.groups, node=netns.format_groups(fault.groups))
+        elif fault.action == "heal":
+            entry["node"] = "all"
         if fault.duration is not None:
             entry["duration_s"] = fault.duration
         if fault.auto:
@@ -604,6 +764,12 @@ class RunState:
               + (f": skipped, {note}" if note else ""), flush=True)
 
     def apply(self, fault: Fault, elapsed: float, queue: list[Fault]) -> None:
+        if fault.action == "partition":
+            self._cut(fault, elapsed, queue)
+            return self._record(fault, elapsed)
+        if fault.action == "heal":
+            healed = self._heal(elapsed)
+            return self._record(fault, elapsed, None if healed else "no partition in place")
         n = self.nodes[fault.node]
         alive = n.proc.poll() is None and not (n.killed or n.stopped)
         if fault.action == "kill":
@@ -676,6 +842,22 @@ class RunState:
 def run(args: argparse.Namespace) -> int:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    if not args.netns:
+        return run_nodes(args, None)
+    why = netns.available()
+    if why is not None:
+        print(f"testnet: --netns: {why}", file=sys.stderr)
+        return 2
+    # The namespaces go whatever happens: the nodes in them are stopped first (run_nodes), and
+    # up_network removes them on any exit, Ctrl-C and SIGTERM included.
+    with netns.up_network(args.nodes, args.out / NETNS_STATE) as net:
+        print(f"testnet: network namespaces {net.ns(0)}..{net.ns(args.nodes - 1)} "
+              f"({net.addr(0)}..{net.addr(args.nodes - 1)}, bridge in {net.bridge_ns})",
+              flush=True)
+        return run_nodes(args, net)
+
+
+def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
     faults = parse_faults(args)
     heapq.heapify(faults)
     sockdir = Path(tempfile.mkdtemp(prefix="gtn-"))
@@ -683,13 +865,13 @@ def run(args: argparse.Namespace) -> int:
     ok = True
     wall0 = time.time()
     collector = Collector(nodes, wall0)
-    state = RunState(nodes, collector)
+    state = RunState(nodes, collector, net)
     try:
         t0 = time.monotonic()
-        specs = plan_nodes(args, args.out, sockdir)
+        specs = plan_nodes(args, args.out, sockdir, net)
         nodes += [RunNode(s, launch(s, own_session=False)) for s in specs]
         statuses = wait_ready_specs(specs, {n.index: n.proc for n in nodes},
-                                    t0 + READY_TIMEOUT_S)
+                                    t0 + args.ready_timeout)
         for n in nodes:
             n.status = statuses[n.index]
         print(f"testnet: {args.nodes} nodes ready in {time.monotonic() - t0:.1f} s; "
@@ -718,7 +900,7 @@ def run(args: argparse.Namespace) -> int:
             if n.paused and n.proc.poll() is None:
                 n.proc.send_signal(signal.SIGCONT)
                 n.paused = False
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + args.ready_timeout
         while any(n.starting for n in nodes):
             state.check()
             if time.monotonic() > deadline:
@@ -726,18 +908,21 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.1)
         collector.sample_params(time.monotonic() - start)
         collector.pull_all()
+        state.finish()
         for n in nodes:
             if not n.up:
                 continue
             n.status = request(Path(n.spec.socket), "status", timeout=10)
             n.params = request(Path(n.spec.socket), "params", timeout=10)
-    except (RuntimeError, ControlError) as exc:
+    except (RuntimeError, ControlError, netns.NetnsError) as exc:
         print(f"testnet: {exc}", file=sys.stderr)
         ok = False
     finally:
         stop_all(nodes)
         left = leftovers(nodes)
         shutil.rmtree(sockdir, ignore_errors=True)
+        if net is not None:
+            left["netns_left"] = net.down()
     evaluator = Evaluator(args)
     final = {n.index: decode_params(n.params["data"]) for n in nodes if n.params is not None}
     results = evaluator.measure(final) if ok else evaluator.measure({})
@@ -773,10 +958,19 @@ def run(args: argparse.Namespace) -> int:
     clean = all(r["exit_code"] == 0 for r in rows if not r["killed"])
     clean = clean and not any(n.early_exits for n in nodes)
     summary["ok"] = ok = ok and clean and not any(left.values())
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if net is None:
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     series = timeseries(args, collector, evaluator, state.applied, wall0)
+    if net is not None:
+        summary["netns"] = {"prefix": net.prefix, "addresses": [net.addr(i)
+                                                                for i in range(args.nodes)]}
+        summary["partitions"] = partition_reports(state.partitions, series["polls"],
+                                                  args.seconds, args.nodes)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (args.out / "timeseries.json").write_text(json.dumps(series))
     print_table(summary)
+    for part in summary.get("partitions", []):
+        print_partition(part)
     try:
         import report
 
@@ -787,6 +981,83 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"report: {', '.join(str(p.relative_to(args.out)) for p in written)} in {args.out}")
     return 0 if ok else 1
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def partition_reports(partitions: list[dict[str, Any]], polls: list[dict[str, Any]],
+                      seconds: float, nodes: int) -> list[dict[str, Any]]:
+    """Per partition: exchange counts across and within the cut while it was in place and after
+    the heal, and the consensus distance (of the polled parameters) before, during and after.
+
+    Windows: "before" the last min(30 s, time to the cut) before the cut; "during" the second
+    half of the cut (the split's steady state; "during_max" the whole cut's worst); "after" the
+    last min(30 s, time since the heal) of the run. "recovered_after_s": seconds from the heal to
+    the first poll at or below the worst "before" value."""
+    out = []
+    for part in partitions:
+        cut = float(part["cut_at_s"])
+        healed = part["healed_at_s"]
+        heal = float(seconds if healed is None else healed)
+        counts = part["counts"]
+
+        def cds(lo: float, hi: float) -> list[float]:
+            return [float(p["consensus_distance"]) for p in polls
+                    if lo <= p["t"] < hi and p.get("consensus_distance") is not None]
+
+        w_before = min(30.0, cut)
+        w_after = min(30.0, max(0.0, seconds - heal))
+        before = cds(cut - w_before, cut)
+        during_all = cds(cut, heal)
+        during = cds(cut + (heal - cut) / 2, heal)
+        after = cds(seconds - w_after, math.inf) if healed is not None else []
+        recovered = None
+        if before and healed is not None:
+            level = max(before)
+            for p in polls:
+                cd = p.get("consensus_distance")
+                if p["t"] >= heal and cd is not None and cd <= level:
+                    recovered = round(p["t"] - heal, 2)
+                    break
+        out.append({
+            "fault": part["fault"], "groups": part["groups"], "cut_at_s": cut,
+            "healed_at_s": healed,
+            "exchanges_during": count_delta(counts["cut"], counts["heal"], part["groups"], nodes),
+            "exchanges_after": count_delta(counts["heal"], counts["end"], part["groups"], nodes),
+            "consensus": {
+                "before": _median(before), "during": _median(during),
+                "during_max": max(during_all) if during_all else None,
+                "after": _median(after), "recovered_after_s": recovered,
+                "windows_s": {"before": [cut - w_before, cut],
+                              "during": [cut + (heal - cut) / 2, heal],
+                              "after": [seconds - w_after, seconds]},
+            },
+        })
+    return out
+
+
+def print_partition(part: dict[str, Any]) -> None:
+    def g(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3g}"
+
+    c = part["consensus"]
+    rec = c["recovered_after_s"]
+    back = "never" if rec is None else f"{rec:g} s after the heal"
+    d, a = part["exchanges_during"], part["exchanges_after"]
+    print(f"partition {part['fault']}: cut {part['cut_at_s']:g} s, healed "
+          f"{'never' if part['healed_at_s'] is None else str(part['healed_at_s']) + ' s'}; "
+          f"across the cut: during {d['cross_ok']} ok {d['cross_failed']} failed, after "
+          f"{a['cross_ok']} ok {a['cross_failed']} failed; within groups during: "
+          f"{d['within_ok']} ok")
+    print(f"  consensus distance: before {g(c['before'])}  during {g(c['during'])} "
+          f"(max {g(c['during_max'])})  after {g(c['after'])}  back to the pre-cut level: "
+          f"{back}")
 
 
 def timeseries(args: argparse.Namespace, collector: Collector, evaluator: Evaluator,
@@ -868,13 +1139,25 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(f"testnet: {directory} already runs nodes {live}; "
                       f"`testnet.py down --dir {args.dir}` first", file=sys.stderr)
                 return 1
+            old_net = old.get("netns")
+            if old_net and Path(old_net).exists():  # a namespace set its nodes left behind
+                netns.Network.load(Path(old_net)).down()
+        net: netns.Network | None = None
+        if args.netns:
+            why = netns.available()
+            if why is not None:
+                print(f"testnet: --netns: {why}", file=sys.stderr)
+                return 2
+            net = netns.Network(args.nodes, directory / NETNS_STATE)
+            net.up()  # recorded in DIR/netns.json from the first namespace on
         sockdir = Path(tempfile.mkdtemp(prefix="gtn-"))
-        specs = plan_nodes(args, directory, sockdir)
+        specs = plan_nodes(args, directory, sockdir, net)
         state: dict[str, Any] = {
             "version": 1, "dir": str(directory), "socket_dir": str(sockdir),
             "seed": args.seed, "task": args.task, "partition": args.partition,
             "local_only": args.local_only, "bootstrap": args.bootstrap,
             "created_wall": time.time(), "down": False, "nodes": specs,
+            "netns": None if net is None else str(net.state_file),
         }
         t0 = time.monotonic()
         procs = {}
@@ -885,12 +1168,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             save_state(directory, state)  # whatever started must be findable by `down`
         try:
             statuses = wait_ready_specs(specs, procs, t0 + READY_TIMEOUT_S)
-        except RuntimeError as exc:
-            print(f"testnet: {exc}", file=sys.stderr)
+        except (RuntimeError, KeyboardInterrupt) as exc:
+            if net is None and isinstance(exc, KeyboardInterrupt):
+                raise  # the nodes are recorded: `down` stops them
+            print(f"testnet: {str(exc) or type(exc).__name__}", file=sys.stderr)
             for s in specs:
                 stop_process(s, procs[s.index])
                 s.state = "stopped"
             shutil.rmtree(sockdir, ignore_errors=True)
+            if net is not None:
+                net.down()
             state["down"] = True
             save_state(directory, state)
             return 1
@@ -997,6 +1284,30 @@ def cmd_restart(args: argparse.Namespace) -> int:
         return 0 if clean else 1
 
 
+def cmd_net(args: argparse.Namespace) -> int:
+    """partition GROUPS / heal: cut or heal the network of a testnet started with up --netns."""
+    directory, state = need_state(args)
+    with locked(directory):
+        path = Path(state["netns"]) if state.get("netns") else None
+        if path is None or not path.exists() or state.get("down"):
+            print("testnet: this testnet has no network namespaces (start it with "
+                  "`up --netns`)", file=sys.stderr)
+            return 2
+        net = netns.Network.load(path)
+        if args.command == "heal":
+            net.heal()
+            print("testnet: healed: one network again")
+            return 0
+        try:
+            groups = netns.parse_groups(args.groups, net.nodes)
+        except ValueError as exc:
+            print(f"testnet: {exc}", file=sys.stderr)
+            return 2
+        net.cut(groups)
+        print(f"testnet: partitioned into {netns.format_groups(groups)}")
+        return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     directory, state = need_state(args)
     with locked(directory):
@@ -1018,10 +1329,13 @@ def cmd_down(args: argparse.Namespace) -> int:
         # A node SIGKILLed earlier leaves its socket file; it is ours to remove with the dir.
         left = {
             "processes_alive": [s.pid for s in specs if proc_state(s) != "gone"],
-            "ports_listening": [s.port for s in specs if port_listening(s.port)],
+            "ports_listening": [s.port for s in specs if node_listening(s)],
         }
         shutil.rmtree(state["socket_dir"], ignore_errors=True)
         left["sockets_left"] = [s.socket for s in specs if Path(s.socket).exists()]
+        if state.get("netns"):
+            path = Path(state["netns"])
+            left["netns_left"] = netns.Network.load(path).down() if path.exists() else []
         state["down"] = True
         save_state(directory, state)
     print(f"testnet: stopped {len(running)} node(s)"
@@ -1045,6 +1359,9 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
                    help="no member allowlist (swarm.open = true); default: closed to the N nodes")
     p.add_argument("--bootstrap", choices=("first", "all"), default="first",
                    help="bootstrap peers of each node: node 0 only (default) or all others")
+    p.add_argument("--netns", action="store_true",
+                   help="run every node in its own network namespace on a private bridge "
+                   "(10.77.0.I+1, port 4001; root only; scripts/netns.py): partitions possible")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1058,9 +1375,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fault", action="append", default=[], metavar="ACTION:NODE@S[+D]",
                    help="at S seconds: kill (SIGKILL), stop (SIGTERM), restart (same key, state "
                    "and port), pause (SIGSTOP; +D: SIGCONT D seconds later) or resume a node; "
+                   "with --netns also partition:GROUPS@S[+D] (e.g. partition:0-3/4-7@60+300: "
+                   "cut, heal D seconds later; cut: is the same) and heal@S; "
                    "repeatable, e.g. --fault kill:3@30 --fault restart:3@50")
     p.add_argument("--kill", help="SIGKILL node I at S seconds, e.g. 2@20 (= --fault kill:I@S)")
     p.add_argument("--report-every", type=float, default=10.0, help="progress line period (s)")
+    p.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
+                   help="seconds every node may take to answer after its start (default "
+                   f"{READY_TIMEOUT_S:g}; many nodes on few cores start slowly)")
     p.add_argument("--sample-every", type=float, default=2.0,
                    help="period (s) of the parameter polls behind the accuracy/consensus plots")
     p = sub.add_parser("up", help="start N nodes and leave them running (state in DIR)")
@@ -1076,7 +1398,14 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("node", type=int)
         p.add_argument("--dir", type=Path, required=True)
-    p = sub.add_parser("down", help="stop every node of the testnet and remove its sockets")
+    p = sub.add_parser("partition", help="cut the network of an `up --netns` testnet into "
+                       "groups, e.g. 0-1/2-3")
+    p.add_argument("groups")
+    p.add_argument("--dir", type=Path, required=True)
+    p = sub.add_parser("heal", help="undo `partition`")
+    p.add_argument("--dir", type=Path, required=True)
+    p = sub.add_parser("down", help="stop every node of the testnet and remove its sockets "
+                       "(and its network namespaces)")
     p.add_argument("--dir", type=Path, required=True)
     p = sub.add_parser("dashboard", help="serve the live testnet page (peer graph, every "
                        "node's curves, the averaged model) for a testnet started with `up`")
@@ -1099,6 +1428,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_restart(args)
     if args.command == "down":
         return cmd_down(args)
+    if args.command in ("partition", "heal"):
+        return cmd_net(args)
     if args.command == "dashboard":
         return cmd_dashboard(args)
     return cmd_signal(args)
