@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import signal
 import sys
@@ -58,6 +59,7 @@ exit status: 0 clean stop, 1 start-up failure, 2 config error.
 
 # How often STATUS= is refreshed for `systemctl status`.
 STATUS_INTERVAL_S = 5.0
+EXIT_STACKS_AFTER_S = 8.0  # interpreter exit taking longer than this logs every thread's stack
 
 
 def _build_trainer(cfg: config_mod.Config) -> object:
@@ -294,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         notifier.close()
         signal.signal(signal.SIGHUP, previous_sighup)
+        # The node has stopped; what is left is the interpreter's own exit. Should that hang
+        # (a library thread that never ends), the stacks of every thread go to the log before
+        # the service manager's SIGKILL, so the cause is on record.
+        faulthandler.dump_traceback_later(EXIT_STACKS_AFTER_S, exit=False)
     return 0
 
 
