@@ -181,3 +181,20 @@ def load_shard(
     x_tr, y_tr = load_train_set(task)
     x_te, y_te = load_test_set(task)
     return Shard(x_train=x_tr[idx], y_train=y_tr[idx], x_test=x_te, y_test=y_te)
+
+
+def split_labels(
+    y: np.ndarray, *, num_shards: int, partition: Partition, seed: int
+) -> list[np.ndarray]:
+    """Indices into any labelled train part ``y`` for every shard (disjoint, covering, sorted),
+    by the same rules and random stream as :func:`shard_indices`; for tasks with their own data
+    (e.g. gossipd.tasks_builtin.wine)."""
+    y = np.asarray(y)
+    if not 1 <= num_shards <= len(y):
+        raise ValueError(f"num_shards must be in 1..{len(y)}, got {num_shards}")
+    rng = _rng(seed, num_shards, partition)
+    if partition.kind == "iid":
+        perm = rng.permutation(len(y))
+        return [np.sort(p) for p in np.array_split(perm, num_shards)]
+    assert partition.alpha is not None  # guaranteed by Partition.__post_init__
+    return _dirichlet_assign(y, num_shards, partition.alpha, rng)
