@@ -45,7 +45,8 @@ def _env() -> dict[str, str]:
 def _config(sock: Path, state: Path, interval: float) -> str:
     return (f'[swarm]\nopen = true\n[node]\nstate_dir = "{state}"\ncontrol_socket = "{sock}"\n'
             '[network]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n'
-            f'[averaging]\ninterval_s = {interval}\n[train]\nsteps_per_second = 10\n')
+            f'[averaging]\ninterval_s = {interval}\njoin = "mix"\n'  # train from the start
+            '[train]\nsteps_per_second = 10\n')
 
 
 def _start(base: Path, short: Path, name: str) -> LiveNode:

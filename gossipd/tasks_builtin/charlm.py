@@ -48,10 +48,15 @@ VOCAB_SIZE = len(VOCAB) + 1
 HELD_OUT_FRACTION = 0.1
 EVAL_WINDOWS = 256
 TOPIC_SEPARATOR = "\n\n"
-# Defaults sized for a 2-core CPU (a few ms per step at batch 16); see scripts/bench_lm.py.
+# Defaults sized for a 2-core CPU (about 18 ms per step at batch 16); see scripts/bench_lm.py.
 DEFAULTS: Mapping[str, int] = {"seq_len": 64, "d_model": 64, "layers": 2, "heads": 4,
                                "stride": 32}
-DEFAULT_LR = 3e-3
+# The swarm's lr: nodes average their Adam steps, which partly cancel where the topic shards
+# disagree, so a swarm wants a larger lr than one node on all the text (scripts/bench_lm.py:
+# swarm 0.006 / 0.01 / 0.015 -> worst node 4.83 / 4.65 / 4.57; one node 0.003 / 0.006 / 0.01 ->
+# 4.37 / 4.22 / 4.31, for 4 x 1500 = 6000 steps in all).
+DEFAULT_LR = 0.015
+SINGLE_NODE_LR = 0.006  # the best of those for one node trained alone
 DEFAULT_DECAY_STEPS = 3000
 DEFAULT_BATCH = 16
 WEIGHT_DECAY = 0.01
