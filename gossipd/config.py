@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gossipd.data import TASKS, Partition
+from gossipd.data import Partition
+from gossipd.tasks_builtin import BUILTIN
 
 
 class ConfigError(Exception):
@@ -145,6 +146,7 @@ def _loopback(hp: tuple[str, int] | None) -> bool:
     return hp is not None and (hp[0] in ("localhost", "::1") or hp[0].startswith("127."))
 
 
+TASKS = tuple(BUILTIN)  # the built-in task names
 ALGORITHMS = ("gossip", "diloco")
 COMPRESSIONS = ("none", "bf16", "int8")
 # "nan" is not among them: a node's own codec refuses to send a non-finite vector and every

@@ -88,3 +88,16 @@ def test_daemon_exits_2_on_config_error(tmp_path: Path, capsys: pytest.CaptureFi
 def test_check_flag_validates_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(write(tmp_path, GOOD)), "--check"]) == 0
     assert "is valid" in capsys.readouterr().out
+
+
+def test_every_builtin_task_and_plugins_are_accepted() -> None:
+    from gossipd.config import ConfigError, from_mapping
+
+    for task, partition in (("digits-mlp", "dirichlet:0.1"), ("wine-mlp", "iid"),
+                            ("charlm", "topic"), ("my_pkg.tasks:make", "by-site")):
+        cfg = from_mapping({"swarm": {"open": True},
+                            "train": {"task": task, "partition": partition}}, Path("."))
+        assert cfg.train.task == task
+    with pytest.raises(ConfigError, match="task charlm expects"):
+        from_mapping({"swarm": {"open": True},
+                      "train": {"task": "charlm", "partition": "dirichlet:0.1"}}, Path("."))
