@@ -202,7 +202,11 @@ class ReputationConfig(NamedTuple):
     decay: float = 0.9  # score <- decay * score + value
     clean: float = 1.0
     clipped: float = 0.0
-    clipped_hard: float = -1.0
+    # Hard clips alone never ban (steady state -0.25 / (1 - 0.9) = -2.5 > ban_score): honest
+    # peers on skewed data are clipped hard while the swarm's models spread apart (a charlm
+    # testnet, topic split, banned honest peers within 30 s at -1.0), and the clipping already
+    # bounds what a liar can do. Bans are for peers whose vectors are refused.
+    clipped_hard: float = -0.25
     rejected: float = -3.0
     ban_score: float = -4.0  # recommend a ban at or below this score ...
     min_events: int = 4  # ... after at least this many outcomes
