@@ -270,6 +270,9 @@ class Node:
         except (ProtocolError, exchange.PeerRefused, TransportError, trio.TooSlowError) as exc:
             if isinstance(exc, trio.TooSlowError):
                 self.deadline_state = deadlines.observe_timeout(self.deadline_state, limit)
+                # A stalled link (a healed partition, a peer that froze): the next exchange
+                # dials afresh instead of queueing behind TCP's retransmission backoff.
+                await self.transport.disconnect(peer_id)
             self.metrics.observe_exchange(role, outcome_of(exc), trio.current_time() - t0)
             if served:
                 self.stats.served_failed += 1
@@ -473,6 +476,10 @@ class Node:
                          else "joining" if self.runner.joining else "running"),
             "join": self.runner.join,
             "algorithm": self.runner.rule.algorithm,
+            "robust": self.runner.rule.robust,
+            "clipped": train.clipped,
+            "diverged": train.diverged,
+            "merges_refused": train.merges_refused,
             "outer_steps": train.outer_steps,
             "compression": self.error_feedback.mode,
             "exchange_deadline_s": round(self.exchange_deadline(), 3),

@@ -52,6 +52,7 @@ from protocol.quant import decode, encode
 from protocol.receipt import params_hash, params_hasher
 from protocol.replay import ReplayCheck
 from protocol.session import AveragingSession
+from protocol.tensors import all_finite
 
 
 class PeerRefused(Exception):
@@ -69,6 +70,14 @@ class NoReceipt(PeerRefused):
     def __init__(self) -> None:
         super().__init__("no-receipt", "the peer keeps no ledger and signs no receipt; its "
                          "update is not merged")
+
+
+class NothingToSend(PeerRefused):
+    """Our own vector is not finite (a diverged model, or a testbed attack that overflowed):
+    the exchange ends before anything is sent. Not the peer's fault: no strike."""
+
+    def __init__(self) -> None:
+        super().__init__("local", "our parameters are not finite; nothing was sent")
 
 
 # A vector of at least this many bytes is hashed in a worker thread while the parameters
@@ -321,6 +330,8 @@ async def _finish(
     provenance), then mix theirs into ours."""
     if model.tamper is not None:
         flat = model.tamper(flat)
+    if not all_finite(flat):
+        raise NothingToSend
     payload, flat = _compressed(model, flat)  # from here on `flat` is what the peer receives
     frames = session.params_frames(payload, step, encoding=model.compression)
     theirs = session.remote_receipt

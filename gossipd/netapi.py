@@ -63,6 +63,10 @@ class Transport(Protocol):
 
     def is_connected(self, peer_id: str) -> bool: ...
 
+    async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to the peer (the next stream redials)."""
+        ...
+
 
 class MessageStream:
     """Length-prefixed protocol messages over a Stream, counting bytes both ways."""

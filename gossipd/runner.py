@@ -94,6 +94,8 @@ class TrainStatus:
     fresh_ignored: int = 0  # remote parameters at step 0 not mixed in (they carry no training)
     outer_steps: int = 0  # diloco: outer optimizer steps taken
     clipped: int = 0  # robust: remote updates scaled down by the clipping
+    diverged: int = 0  # chunks whose result was not finite (discarded)
+    merges_refused: int = 0  # merges whose result would not be finite (skipped)
 
 
 class ModelRunner:
@@ -213,27 +215,36 @@ class ModelRunner:
                 self._outer = outer_init(mixed)
             self._cycle_start = self_step
         else:
-            w = staleness_weight(self.weight, self_step, remote_step,
-                                 self.rule.staleness_halflife)
-            if sent is None:
-                mixed = mix(self._params, remote, w)
-            elif self.rule.robust:
-                # diloco clips the pair average around what we sent, gossip the merge itself
-                base = sent if self.rule.algorithm == "diloco" else self._params
-                mixed, self._clip, info = clipped_merge(self._clip, base, sent, remote, w)
-                self.status.clipped += info.scale < 1.0
-                if self.on_clip is not None:
-                    self.on_clip(peer, info)
-                if self.rule.algorithm == "diloco":
-                    mixed = self._outer_step(sent, mixed)
-            elif self.rule.algorithm == "diloco":
-                mixed = self._outer_step(sent, mix(sent, remote, w))
-            else:
-                target = remote if _writable_float32(remote) else None
-                mixed = merge(self._params, sent, remote, w, out=target)
+            try:
+                mixed = self._mixed(sent, remote, remote_step, self_step, peer)
+                if not np.all(np.isfinite(mixed)):
+                    raise ValueError("non-finite result")
+            except ValueError as exc:  # the result overflowed: our model stays as it is
+                self.status.merges_refused += 1
+                log.warning("merge with %s skipped: its result is not finite (%s)", peer, exc)
+                return
         self._state = self.trainer.with_params(self._state, mixed)
         self._params = _frozen(mixed)
         self.status.mixes += 1
+
+    def _mixed(self, sent: np.ndarray | None, remote: np.ndarray, remote_step: int,
+               self_step: int, peer: str | None) -> np.ndarray:
+        """The merge of one exchange under the averaging rule (module docstring)."""
+        w = staleness_weight(self.weight, self_step, remote_step, self.rule.staleness_halflife)
+        if sent is None:
+            return mix(self._params, remote, w)
+        if self.rule.robust:
+            # diloco clips the pair average around what we sent, gossip the merge itself
+            base = sent if self.rule.algorithm == "diloco" else self._params
+            mixed, self._clip, info = clipped_merge(self._clip, base, sent, remote, w)
+            self.status.clipped += info.scale < 1.0
+            if self.on_clip is not None:
+                self.on_clip(peer, info)
+            return self._outer_step(sent, mixed) if self.rule.algorithm == "diloco" else mixed
+        if self.rule.algorithm == "diloco":
+            return self._outer_step(sent, mix(sent, remote, w))
+        target = remote if _writable_float32(remote) else None
+        return merge(self._params, sent, remote, w, out=target)
 
     def _outer_step(self, sent: np.ndarray, averaged: np.ndarray) -> np.ndarray:
         """diloco: outer Nesterov step towards the pair average; in-flight progress kept."""
@@ -252,6 +263,16 @@ class ModelRunner:
         if self.rule.algorithm != "diloco":
             return True
         return self.status.step - self._cycle_start >= self.rule.inner_steps
+
+    def _diverged(self) -> None:
+        """A chunk ended with non-finite parameters (a too-large lr, or a vector merged in
+        from a peer that was far off): keep the last finite state and go on. Nothing
+        non-finite is ever published, sent or checkpointed."""
+        self.status.diverged += 1
+        if self.status.diverged in (1, 10) or self.status.diverged % 100 == 0:
+            log.warning("training diverged (non-finite parameters) %d time(s); kept the last "
+                        "finite state at step %d (is train.lr too large?)",
+                        self.status.diverged, self.status.step)
 
     def _merge_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -357,9 +378,12 @@ class ModelRunner:
                     params = self.trainer.get_params(state)
                 finally:
                     self._busy = False
-                self._state, self._params = state, _frozen(params)
-                self.status.step = int(state.step)
-                self.status.loss = float(loss)
+                if np.all(np.isfinite(params)):
+                    self._state, self._params = state, _frozen(params)
+                    self.status.step = int(state.step)
+                    self.status.loss = float(loss)
+                else:
+                    self._diverged()
                 self._merge_pending()
             next_at += period
             now = self._clock()

@@ -135,6 +135,23 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def parse_node_overrides(items: list[str], nodes: int) -> dict[int, dict[str, dict[str, Any]]]:
+    """--node-set I:SECTION.KEY=VALUE items as {node: {section: {key: value}}}."""
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for item in items:
+        idx, colon, rest = item.partition(":")
+        try:
+            i = int(idx)
+        except ValueError:
+            i = -1
+        if not colon or not 0 <= i < nodes:
+            raise SystemExit(f"testnet: --node-set expects I:SECTION.KEY=VALUE with I in "
+                             f"0..{nodes - 1}, got {item!r}")
+        for section, values in parse_overrides([rest]).items():
+            out.setdefault(i, {}).setdefault(section, {}).update(values)
+    return out
+
+
 def node_env() -> dict[str, str]:
     env = dict(os.environ)
     for name in UNINHERITED_ENV:
@@ -214,7 +231,9 @@ def plan_nodes(args: argparse.Namespace, base: Path, sockdir: Path,
         hosts = [net.addr(i) for i in range(args.nodes)]
     addrs = [f"/ip4/{h}/tcp/{p}/p2p/{pid}" for h, p, pid in zip(hosts, ports, ids, strict=True)]
     overrides = parse_overrides(args.set)
-    swarm = {"open": True} if args.open_swarm else {"members": ids}
+    per_node = parse_node_overrides(getattr(args, "node_set", []), args.nodes)
+    swarm = {"open": True} if args.open_swarm else {
+        "members": ids + list(getattr(args, "extra_member", []))}
     specs = []
     for i in range(args.nodes):
         ndir = base / f"node{i}"
@@ -234,6 +253,8 @@ def plan_nodes(args: argparse.Namespace, base: Path, sockdir: Path,
                       "shard_index": i, "seed": args.seed},
         }
         for section, values in overrides.items():
+            sections.setdefault(section, {}).update(values)
+        for section, values in per_node.get(i, {}).items():
             sections.setdefault(section, {}).update(values)
         if "data_path" in sections["train"]:  # nodes run in their own dirs: make it absolute
             sections["train"]["data_path"] = str(Path(sections["train"]["data_path"]).resolve())
@@ -491,6 +512,12 @@ class RunNode:
     history_t: float = -1.0  # last history sample fetched from the current incarnation
     history: list[dict[str, Any]] = field(default_factory=list)
     early_exits: list[int] = field(default_factory=list)
+    inc_start_s: float = 0.0  # run time the current incarnation started at
+    rss: list[list[float]] = field(default_factory=list)  # [t, MiB, incarnation] per poll
+    unanswered: int = 0  # polls it was up for and did not answer
+    metrics: dict[int, dict[str, Any]] = field(default_factory=dict)  # last, per incarnation
+    stop_s: float | None = None  # seconds from SIGTERM to exit at the end of the run
+    hang_stack: str | None = None  # path of a py-spy dump, if it did not stop in time
 
     @property
     def index(self) -> int:
@@ -501,6 +528,75 @@ class RunNode:
         """Running, answering and not frozen: safe to send a command to."""
         return not (self.killed or self.stopped or self.paused or self.starting) \
             and self.proc.poll() is None
+
+
+def read_rss_mb(pid: int) -> float | None:
+    """Resident memory (VmRSS) of a process in MiB, None if there is none (or a zombie)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
+def _metric_labels(raw: str) -> dict[str, str]:
+    out = {}
+    for part in raw.split(","):
+        key, _, value = part.partition("=")
+        if key:
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def parse_exchange_metrics(text: str) -> dict[str, Any]:
+    """From a node's Prometheus text: its exchange outcome counts (both roles) and the
+    bucket the longest exchange fell in: max_gt_s < longest <= max_le_s (max_le_s None: beyond
+    the top bucket). The daemon exposes durations only as a histogram, so that bound is the
+    finest there is."""
+    outcomes: dict[str, float] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or "{" not in line:
+            continue
+        name, _, rest = line.partition("{")
+        labels_raw, _, value_raw = rest.rpartition("}")
+        try:
+            value = float(value_raw.split()[0])
+        except (ValueError, IndexError):
+            continue
+        labels = _metric_labels(labels_raw)
+        if name == "gossipd_exchanges_total":
+            outcomes[labels.get("outcome", "?")] = outcomes.get(labels.get("outcome", "?"),
+                                                                0.0) + value
+        elif name == "gossipd_exchange_duration_seconds_bucket":
+            edge = labels.get("le", "+Inf")
+            buckets.setdefault(labels.get("role", "?"), []).append(
+                (math.inf if edge == "+Inf" else float(edge), value))
+        elif name == "gossipd_exchange_duration_seconds_count":
+            counts[labels.get("role", "?")] = value
+    max_le: float | None = 0.0
+    max_gt = 0.0
+    for role, rows in buckets.items():
+        total = counts.get(role, max((v for _, v in rows), default=0.0))
+        if total <= 0:
+            continue
+        rows.sort()
+        prev = 0.0
+        for bound, cum in rows:
+            if cum >= total:
+                if bound == math.inf:
+                    max_le = None
+                elif max_le is not None:
+                    max_le = max(max_le, bound)
+                max_gt = max(max_gt, prev)
+                break
+            prev = bound
+    return {"outcomes": {k: int(v) for k, v in outcomes.items()},
+            "max_gt_s": max_gt, "max_le_s": max_le}
 
 
 class Collector:
@@ -525,6 +621,25 @@ class Collector:
             n.history_t = max(n.history_t, float(s["t"]))
             n.history.append({**s, "t": round(n.started_wall - self.wall0 + float(s["t"]), 3),
                               "incarnation": n.spec.incarnations})
+        self.pull_metrics(n)
+
+    def pull_metrics(self, n: RunNode) -> None:
+        """The exchange histogram and outcome counts of the node's current incarnation."""
+        if not n.up:
+            return
+        try:
+            m = request(Path(n.spec.socket), "metrics", timeout=5)
+        except ControlError:
+            return
+        n.metrics[n.spec.incarnations] = parse_exchange_metrics(str(m.get("text", "")))
+
+    def sample_rss(self, t: float) -> None:
+        for n in self.nodes:
+            if n.proc.poll() is not None:
+                continue
+            mb = read_rss_mb(n.proc.pid)
+            if mb is not None:
+                n.rss.append([round(t, 2), round(mb, 2), n.spec.incarnations])
 
     def pull_all(self) -> None:
         for n in self.nodes:
@@ -538,6 +653,7 @@ class Collector:
             try:
                 p = request(Path(n.spec.socket), "params", timeout=3)
             except ControlError:
+                n.unanswered += 1
                 continue
             sample["vectors"][n.index] = p["data"]
             sample["steps"][n.index] = p["step"]
@@ -573,18 +689,50 @@ def progress_line(nodes: list[RunNode], elapsed: float) -> str:
     return f"[{elapsed:5.0f}s] " + " | ".join(parts)
 
 
+def py_spy() -> str | None:
+    """The py-spy next to this Python (the virtualenv's), or on PATH; None if none."""
+    here = Path(sys.executable).parent / "py-spy"
+    return str(here) if here.exists() else shutil.which("py-spy")
+
+
+def dump_stack(n: RunNode) -> None:
+    """py-spy dump of a node that did not stop in time, into its dir (hang-stack.txt)."""
+    tool = py_spy()
+    if tool is None:
+        return
+    try:
+        r = subprocess.run([tool, "dump", "--pid", str(n.proc.pid)], capture_output=True,
+                           text=True, timeout=30)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        text = f"py-spy failed: {exc}\n"
+    else:
+        text = r.stdout + r.stderr
+    path = Path(n.spec.dir) / "hang-stack.txt"
+    path.write_text(text)
+    n.hang_stack = str(path)
+
+
 def stop_all(nodes: list[RunNode]) -> None:
+    t0 = time.monotonic()
+    running = []
     for n in nodes:
         if n.proc.poll() is None:
             n.proc.send_signal(signal.SIGCONT)  # a paused node handles SIGTERM once continued
             n.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for n in nodes:
-        try:
-            n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+            running.append(n)
+    deadline = t0 + STOP_TIMEOUT_S
+    while running and time.monotonic() < deadline:
+        for n in list(running):
+            if n.proc.poll() is not None:
+                n.stop_s = round(time.monotonic() - t0, 2)
+                running.remove(n)
+        time.sleep(0.05)
+    for n in running:  # still there after STOP_TIMEOUT_S: where it hangs, then SIGKILL
+        if n.proc.poll() is None:
+            dump_stack(n)
             n.proc.kill()
-            n.proc.wait()
+        n.proc.wait()
+    for n in nodes:
         n.exit_code = n.proc.returncode
 
 
@@ -803,6 +951,7 @@ class RunState:
                 n.stopped = True
             else:
                 n.proc = launch(n.spec, own_session=False)
+                n.inc_start_s = elapsed
                 self.collector.new_incarnation(n)
                 n.killed = n.stopped = n.paused = False
                 n.starting = True
@@ -886,6 +1035,7 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
             state.check()
             now = time.monotonic()
             if now >= next_sample:
+                collector.sample_rss(elapsed)
                 collector.sample_params(elapsed)
                 next_sample += args.sample_every
             if now >= next_report:
@@ -906,6 +1056,7 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
             if time.monotonic() > deadline:
                 raise RuntimeError("a restarted node did not come back in time")
             time.sleep(0.1)
+        collector.sample_rss(time.monotonic() - start)
         collector.sample_params(time.monotonic() - start)
         collector.pull_all()
         state.finish()
@@ -940,6 +1091,9 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
             "known_peers": len(s.get("known_peers", [])), "killed": n.killed,
             "stopped": n.stopped, "incarnations": n.spec.incarnations,
             "exit_code": n.exit_code if not (n.killed or n.stopped) else n.proc.returncode,
+            "early_exits": n.early_exits, "polls_unanswered": n.unanswered,
+            "stop_s": n.stop_s, "hang_stack": n.hang_stack,
+            **rss_summary(n, args.seconds), **exchange_summary(n),
         })
     accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
     # "accuracy" holds the task's score; for a lower-is-better one (perplexity) the worst
@@ -981,6 +1135,46 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
         return 1
     print(f"report: {', '.join(str(p.relative_to(args.out)) for p in written)} in {args.out}")
     return 0 if ok else 1
+
+
+def rss_summary(n: RunNode, seconds: float) -> dict[str, Any]:
+    """Resident memory of the node: the first sample after a warm-up (the first quarter of its
+    last incarnation's time in the run: of the run for a node that never restarted), the last
+    and the largest sample, and the growth from the first to the last, in per cent."""
+    last_inc = max((int(r[2]) for r in n.rss), default=0)
+    rows = [r for r in n.rss if int(r[2]) == last_inc]
+    warm = n.inc_start_s + 0.25 * max(0.0, seconds - n.inc_start_s)
+    after = [r for r in rows if r[0] >= warm] or rows[-1:]
+    if not after:
+        return {"rss_first_mb": None, "rss_last_mb": None, "rss_max_mb": None,
+                "growth_pct": None, "rss_warm_s": None, "rss_samples": 0}
+    first, last = after[0][1], after[-1][1]
+    return {"rss_first_mb": first, "rss_last_mb": last,
+            "rss_max_mb": max(r[1] for r in n.rss), "rss_warm_s": after[0][0],
+            "growth_pct": round(100.0 * (last - first) / first, 2) if first else None,
+            "rss_samples": len(n.rss), "rss_incarnation": last_inc,
+            "rss_since_s": round(n.inc_start_s, 2)}
+
+
+def exchange_summary(n: RunNode) -> dict[str, Any]:
+    """Exchange durations and outcomes over all the node's incarnations (from its metrics
+    histogram: the longest exchange lies in (exchange_max_gt_s, exchange_max_le_s]; None as
+    the upper bound: beyond the top bucket), and its last deadline."""
+    outcomes: dict[str, int] = {}
+    max_le: float | None = 0.0
+    max_gt = 0.0
+    for m in n.metrics.values():
+        for k, v in m["outcomes"].items():
+            outcomes[k] = outcomes.get(k, 0) + int(v)
+        max_gt = max(max_gt, float(m["max_gt_s"]))
+        max_le = None if (max_le is None or m["max_le_s"] is None) else max(max_le,
+                                                                             m["max_le_s"])
+    return {"exchange_deadline_s": n.status.get("exchange_deadline_s"),
+            "exchange_seconds_mean": n.status.get("exchange_seconds_mean"),
+            "exchange_max_gt_s": max_gt if n.metrics else None,
+            "exchange_max_le_s": max_le if n.metrics else None,
+            "exchanges_timed_out": outcomes.get("timeout", 0) if n.metrics else None,
+            "exchange_outcomes": outcomes}
 
 
 def _median(values: list[float]) -> float | None:
@@ -1076,6 +1270,7 @@ def timeseries(args: argparse.Namespace, collector: Collector, evaluator: Evalua
         "local_only": args.local_only, "partition": args.partition,
         "faults": faults, "polls": polls,
         "history": {n.index: n.history for n in collector.nodes},
+        "rss_mb": {n.index: n.rss for n in collector.nodes},
     }
 
 
@@ -1354,6 +1549,11 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-only", action="store_true", help="averaging off (the baseline)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a node config key, e.g. averaging.interval_s=0.3")
+    p.add_argument("--node-set", action="append", default=[], metavar="I:SECTION.KEY=VALUE",
+                   help="override a config key of node I only (after --set), e.g. "
+                   "7:averaging.attack=\"signflip\"; repeatable")
+    p.add_argument("--extra-member", action="append", default=[], metavar="PEER_ID",
+                   help="one more swarm member besides the N nodes (an outside test peer)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--open-swarm", action="store_true",
                    help="no member allowlist (swarm.open = true); default: closed to the N nodes")

@@ -78,6 +78,7 @@ class MemoryTransport:
         self.seed = seed
         self.handlers: dict[str, StreamHandler] = {}
         self.connected: set[str] = set()
+        self.disconnects: list[str] = []  # peers whose connections the node dropped
         self.tamper_outgoing: Callable[[bytes], bytes] | None = None
 
     @property
@@ -125,6 +126,10 @@ class MemoryTransport:
 
     def is_connected(self, peer_id: str) -> bool:
         return peer_id in self.connected and peer_id not in self.network.down
+
+    async def disconnect(self, peer_id: str) -> None:
+        self.connected.discard(peer_id)
+        self.disconnects.append(peer_id)
 
 
 async def _hold_forever(stream: trio.abc.Stream) -> None:

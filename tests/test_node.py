@@ -129,8 +129,12 @@ async def test_four_nodes_with_one_bootstrap_all_know_each_other(
 
 
 async def test_diloco_nodes_exchange_once_per_cycle_of_inner_steps(
-        autojump_clock: trio.testing.MockClock) -> None:
+        mock_clock: trio.testing.MockClock) -> None:
     from gossipd.runner import AveragingRule
+
+    # Steps run in a worker thread: jump the clock only after 20 ms of real idle time, so
+    # training is not starved of simulated time while a chunk is in flight.
+    mock_clock.autojump_threshold = 0.02
 
     net = MemoryNetwork()
     a, b = make_node(net, "a", 0.0), make_node(net, "b", 1.0)
@@ -175,6 +179,9 @@ async def test_frozen_peer_costs_one_timeout_and_training_goes_on(
     # discovery's ask to the frozen peer times out too, so failures may be 2
     assert entry is not None and entry.failures >= 1 and entry.exchanges_failed == 1
     np.testing.assert_allclose(params(a), 0.0)  # nothing half-applied
+    # the stalled connection is dropped, so the next attempt dials afresh (healed partitions)
+    assert isinstance(a.transport, MemoryTransport)
+    assert b.transport.peer_id in a.transport.disconnects
 
 
 async def test_tampered_params_are_rejected_with_a_strike() -> None:
@@ -421,3 +428,15 @@ async def test_robust_nodes_clip_a_noisy_liar_and_lower_its_reputation(
         assert bad is not None and all(g is not None and g["score"] > bad["score"] for g in good)
         assert bad["clipped"] + bad["clipped_hard"] + bad["rejected"] > 0
     assert sum(h.runner.status.clipped for h in honest) > 0
+
+
+async def test_a_node_whose_vector_is_not_finite_sends_nothing_and_keeps_running() -> None:
+    net = MemoryNetwork()
+    a, b = make_node(net, "a", 0.0), make_node(net, "b", 1.0)
+    import dataclasses
+
+    a.model = dataclasses.replace(a.model, tamper=lambda v: np.full_like(v, np.inf))
+    await one_exchange(net, a, b)
+    assert a.stats.failed == 1 and a.stats.ok == 0 and "not finite" in str(a.stats.last_error)
+    assert a.peers.get(b.transport.peer_id).strikes == 0  # type: ignore[union-attr]
+    np.testing.assert_allclose(params(b), 1.0)  # b merged nothing

@@ -312,3 +312,28 @@ def test_averaging_state_round_trips_outer_and_residual() -> None:
     with pytest.raises(checkpoint.CheckpointError, match="shape"):
         other.restore_averaging_state({"outer_anchor": np.zeros(3, np.float32),
                                        "outer_momentum": np.zeros(3, np.float32)})
+
+
+class NaNTrainer(StepTrainer):
+    def run_steps(self, state: State, n: int) -> tuple[State, float]:
+        return State(state.params + np.float32(np.nan), state.step + n), float("nan")
+
+
+async def test_a_diverged_chunk_is_discarded_and_training_goes_on(
+        autojump_clock: trio.testing.MockClock) -> None:
+    r = runner(NaNTrainer())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.run_training)
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert r.status.diverged >= 1 and r.status.step == 0
+    np.testing.assert_array_equal(r.params, 0.0)  # the last finite state
+
+
+def test_a_merge_that_would_overflow_is_skipped() -> None:
+    r = runner()
+    r._params = np.full(4, 3e38, np.float32)
+    sent = np.full(4, -3e38, np.float32)
+    r.merge_remote(sent, np.full(4, 3e38, np.float32), 7)  # C + w (R - S) overflows float32
+    assert r.status.merges_refused == 1 and r.status.mixes == 0
+    np.testing.assert_array_equal(r.params, np.float32(3e38))
