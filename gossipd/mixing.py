@@ -27,7 +27,8 @@ from typing import NamedTuple
 import numpy as np
 
 
-def _as_vector(name: str, v: np.ndarray) -> np.ndarray:
+def as_vector(name: str, v: np.ndarray) -> np.ndarray:
+    """``v`` as a 1-d finite float array, or ValueError naming ``name`` and what is wrong."""
     a = np.asarray(v)
     if a.ndim != 1:
         raise ValueError(f"{name} must be a 1-d vector, got shape {a.shape}")
@@ -44,8 +45,8 @@ def mix(local: np.ndarray, remote: np.ndarray, weight: float = 0.5) -> np.ndarra
     ``weight`` is the share taken from the remote vector, in [0, 1]; 0.5 is the
     symmetric push-pull average.
     """
-    a = _as_vector("local", local)
-    b = _as_vector("remote", remote)
+    a = as_vector("local", local)
+    b = as_vector("remote", remote)
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch: local {a.shape} vs remote {b.shape}")
     w = float(weight)
@@ -118,7 +119,7 @@ def merge(
 
 
 def _as_shape(name: str, v: np.ndarray) -> np.ndarray:
-    """Like _as_vector without the finiteness pass: merge checks its result instead."""
+    """Like as_vector without the finiteness pass: merge checks its result instead."""
     a = np.asarray(v)
     if a.ndim != 1:
         raise ValueError(f"{name} must be a 1-d vector, got shape {a.shape}")
@@ -131,7 +132,7 @@ def _stack(vectors: Sequence[np.ndarray]) -> np.ndarray:
     """Validate equally shaped finite vectors and stack them as float64 rows."""
     if len(vectors) == 0:
         raise ValueError("need at least one vector")
-    arrs = [_as_vector(f"vectors[{i}]", v) for i, v in enumerate(vectors)]
+    arrs = [as_vector(f"vectors[{i}]", v) for i, v in enumerate(vectors)]
     for i, a in enumerate(arrs):
         if a.shape != arrs[0].shape:
             raise ValueError(

@@ -40,26 +40,17 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gossipd.mixing import as_vector
+
 
 class OuterState(NamedTuple):
     anchor: np.ndarray  # parameters at the start of the current cycle of H inner steps
     momentum: np.ndarray  # outer Nesterov momentum buffer (float32, same shape)
 
 
-def _vector(name: str, v: np.ndarray) -> np.ndarray:
-    a = np.asarray(v)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-d vector, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{name} must be a float vector, got dtype {a.dtype}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or inf")
-    return a
-
-
 def outer_init(params: np.ndarray) -> OuterState:
     """Anchor at a float32 copy of ``params`` (the caller's buffer may change) and zero momentum."""
-    p = _vector("params", params).astype(np.float32, copy=True)
+    p = as_vector("params", params).astype(np.float32, copy=True)
     return OuterState(anchor=p, momentum=np.zeros_like(p))
 
 
@@ -71,9 +62,9 @@ def outer_update(
     Returns ``(new_params, new_state)``; ``new_params`` is a fresh float32 vector equal to the
     new anchor (a separate copy: the caller may hand it to the trainer and mutate it).
     """
-    a = _vector("averaged", averaged)
-    anchor = _vector("anchor", state.anchor)
-    m = _vector("momentum", state.momentum)
+    a = as_vector("averaged", averaged)
+    anchor = as_vector("anchor", state.anchor)
+    m = as_vector("momentum", state.momentum)
     if a.shape != anchor.shape or m.shape != anchor.shape:
         raise ValueError(f"shape mismatch: anchor {anchor.shape}, momentum {m.shape}, "
                          f"averaged {a.shape}")
