@@ -37,10 +37,11 @@ if TYPE_CHECKING:
     # trio.TaskStatus; trio_typing.TaskStatus is the same protocol.
     from trio_typing import TaskStatus
 
-from gossipd import attacks, checkpoint, deadlines, discovery, exchange, robust
+from gossipd import checkpoint, deadlines, discovery, exchange
 from gossipd import config as config_mod
 from gossipd.compress import ErrorFeedback
 from gossipd.config import Config
+from gossipd.defence import Defence
 from gossipd.history import History
 from gossipd.limits import InboundLimits
 from gossipd.membership import Membership, check_member_ids, read_members_file
@@ -59,8 +60,6 @@ log = logging.getLogger("gossipd.node")
 
 JITTER = 0.25
 MAX_OUTGOING = 2  # exchanges this node has started and not finished, at most
-REPUTATION_BAN_S = 600.0  # a peer whose reputation falls below the line is banned this long
-ALIE_WINDOW = 8  # attack "alie": received vectors it estimates the honest spread from
 
 
 @dataclass
@@ -110,6 +109,8 @@ class Node:
         self.rng = rng or random.Random()
         self.peers = PeerTable(transport.peer_id, config.network.max_peers, self.rng,
                                admit=self.membership.allows)
+        self.defence = Defence(config.averaging.robust, config.averaging.attack, seed, self.peers,
+                               trio.current_time)
         self.stats = ExchangeStats()
         self.discovery_stats = discovery.DiscoveryStats()
         # One error-feedback state per node: what compression left out of earlier sends. The
@@ -133,17 +134,14 @@ class Node:
             replay=replay,
             compression=config.averaging.compression,
             compress=self.error_feedback,
-            check_remote=self._check_remote,
+            check_remote=self.defence.check_remote,
             merge_from=self._merge_from,
-            tamper=None if config.averaging.attack == "none" else self._tamper,
+            tamper=None if config.averaging.attack == "none" else self.defence.tamper,
         )
-        # Robust mixing: norm checks here, clipping in the runner, a reputation per peer.
-        self.reputation = robust.reputation_init()
+        # Robust mixing: norm checks in the exchange, clipping in the runner, reputations here.
         runner.rule = dataclasses.replace(runner.rule,
                                           robust=config.averaging.robust == "clip")
-        runner.on_clip = self._on_clip
-        self._attack = attacks.attack_init(int.from_bytes(seed[:4], "big"))
-        self._received: list[np.ndarray] = []  # attack "alie" only
+        runner.on_clip = self.defence.on_clip
         self.started_at = trio.current_time()
         self.metrics = NodeMetrics(transport.peer_id, config.train.task, runner.trainer.spec)
         self.history = History()
@@ -214,49 +212,14 @@ class Node:
 
     def _merge_from(self, peer_id: str, sent: np.ndarray, remote: np.ndarray,
                     remote_step: int) -> None:
-        if self.config.averaging.attack == "alie":
-            self._received = [*self._received, np.array(remote)][-ALIE_WINDOW:]
+        self.defence.received(remote)
         self.metrics.observe_mix(pair_distance(sent, remote))
         self.runner.merge_remote(sent, remote, remote_step, peer=peer_id)
         self._step_at_exchange = max(self._step_at_exchange, self._counted_step)
 
-    # -- robustness --
-    def _check_remote(self, peer_id: str, sent: np.ndarray, remote: np.ndarray) -> str | None:
-        """A reason to refuse the peer's vector (counted as a strike by _counted), or None."""
-        if self.config.averaging.robust == "none":
-            return None
-        reason = robust.check_remote(sent, remote)
-        if reason is not None:
-            self._note_outcome(peer_id, "rejected")
-        return reason
-
-    def _on_clip(self, peer_id: str | None, info: robust.ClipInfo) -> None:
-        if peer_id is not None:
-            self._note_outcome(peer_id, robust.outcome_of(info))
-
-    def _note_outcome(self, peer_id: str, outcome: robust.Outcome) -> None:
-        self.reputation = robust.reputation_update(self.reputation, peer_id, outcome)
-        now = trio.current_time()
-        if robust.recommend_ban(self.reputation, peer_id) and not self.peers.is_banned(
-                peer_id, now):
-            self.peers.ban(peer_id, now, REPUTATION_BAN_S)
-            log.warning("banned %s for %.0f s: its updates were refused or clipped hard "
-                        "too often (reputation %s)", peer_id, REPUTATION_BAN_S,
-                        self.reputation.peers[peer_id].as_dict())
-
     def peer_rows(self) -> list[dict[str, object]]:
         """`gossipctl peers`: the peer table plus each peer's reputation."""
-        rows = self.peers.snapshot(trio.current_time())
-        for row in rows:
-            score = self.reputation.peers.get(str(row.get("peer_id")))
-            row["reputation"] = None if score is None else score.as_dict()
-        return rows
-
-    def _tamper(self, honest: np.ndarray) -> np.ndarray:
-        """averaging.attack (testbeds): the lie this node sends instead of its snapshot."""
-        lie, self._attack = attacks.attack_apply(self._attack, self.config.averaging.attack,
-                                                 honest, self._received)
-        return lie
+        return self.defence.peer_rows()
 
     async def _counted(self, peer_id: str, attempt: Awaitable[object], *, served: bool) -> None:
         """Run one exchange; count its outcome for the node and the peer. Never raises for

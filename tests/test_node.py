@@ -409,7 +409,8 @@ async def test_robust_nodes_clip_a_noisy_liar_and_lower_its_reputation(
     liar = make_node(net, "liar", 1.0, robust="clip")
     liar.config = dataclasses.replace(
         liar.config, averaging=dataclasses.replace(liar.config.averaging, attack="noise"))
-    liar.model = dataclasses.replace(liar.model, tamper=liar._tamper)
+    liar.defence.attack = "noise"
+    liar.model = dataclasses.replace(liar.model, tamper=liar.defence.tamper)
     nodes = [*honest, liar]
     for n in nodes:
         for m in nodes:
