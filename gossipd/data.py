@@ -161,14 +161,7 @@ def shard_indices(
     """Indices into the train part for every shard (disjoint, covering, sorted)."""
     _check_task(task)
     _, y_tr = load_train_set(task)
-    if not 1 <= num_shards <= len(y_tr):
-        raise ValueError(f"num_shards must be in 1..{len(y_tr)}, got {num_shards}")
-    rng = _rng(seed, num_shards, partition)
-    if partition.kind == "iid":
-        perm = rng.permutation(len(y_tr))
-        return [np.sort(p) for p in np.array_split(perm, num_shards)]
-    assert partition.alpha is not None  # guaranteed by Partition.__post_init__
-    return _dirichlet_assign(y_tr, num_shards, partition.alpha, rng)
+    return split_labels(y_tr, num_shards=num_shards, partition=partition, seed=seed)
 
 
 def load_shard(
