@@ -18,11 +18,11 @@ with a no-fault run of the same seed, size and length (the "baseline", run once)
   STALL_S between parameter polls) and every poll of its control socket is answered.
 * partition (root only; --netns): nodes split in two halves for D seconds, then healed.
   Metric: consensus distance before / during / after (target: after <= 1.5 x before).
-* attacks: the last node sends forged vectors (averaging.attack = signflip, scaled, noise,
-  alie, stale: one run each), the honest nodes run averaging.robust = "clip"; and a control:
-  the --control-attack with averaging.robust = "none" everywhere (plain averaging). Metric: the
-  honest nodes' mean and min accuracy against the baseline's (target: within 3 points; the
-  control is expected to fail that).
+* attacks: the last node (the last --attackers nodes) sends forged vectors
+  (averaging.attack = signflip, scaled, noise, alie, stale: one run each), the honest nodes
+  run averaging.robust = "clip"; and a control: the --control-attack with averaging.robust =
+  "none" everywhere (plain averaging). Metric: the honest nodes' mean and min accuracy against
+  the baseline's (target: within 3 points; the control is expected to fail that).
 * flood: an outside process (`chaos.py flooder`, a swarm member with its own key) opens and
   holds AVG_STREAMS averaging streams against node 0, reopening them as they end, from the
   start of the run to 10 s before its end. Metric: the exchanges the honest nodes initiated
@@ -74,6 +74,7 @@ class Run:
     args: list[str] = field(default_factory=list)
     flood: bool = False
     netns: bool = False
+    attackers: int = 0  # the last `attackers` nodes run the attack (attack runs only)
 
 
 @dataclass
@@ -136,17 +137,25 @@ def plan(args: argparse.Namespace) -> list[Run]:
         half = n // 2
         groups = f"0-{half - 1}/{half}-{last}"
         cut = 20.0 if args.quick else 40.0
-        dur = 30.0 if args.quick else 60.0
+        dur = args.partition_seconds or (30.0 if args.quick else 60.0)
         runs.append(Run("partition", max(s, cut + dur + 40),
                         ["--fault", f"partition:{groups}@{cut:g}+{dur:g}"], netns=True))
     if "attacks" in wanted:
+        k = args.attackers
+        bad = list(range(n - k, n))
+        tag = "" if k == 1 else f"{k}x-"
+
+        def liars(mode: str) -> list[str]:
+            out: list[str] = []
+            for v in bad:
+                out += ["--node-set", f'{v}:averaging.attack="{mode}"']
+            return out
+
         for mode in args.attacks:
-            runs.append(Run(f"attack-{mode}", s, ["--node-set",
-                                                  f'{last}:averaging.attack="{mode}"']))
+            runs.append(Run(f"attack-{tag}{mode}", s, liars(mode), attackers=k))
         for mode in args.control_attack:
-            runs.append(Run(f"attack-control-{mode}", s, [
-                "--node-set", f'{last}:averaging.attack="{mode}"',
-                "--set", 'averaging.robust="none"']))
+            runs.append(Run(f"attack-{tag}control-{mode}", s,
+                            [*liars(mode), "--set", 'averaging.robust="none"'], attackers=k))
     if "flood" in wanted:
         runs.append(Run("flood", s, flood=True))
     if "soak" in wanted:
@@ -200,7 +209,7 @@ def execute(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     out = (args.out / run.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     argv = testnet_argv(args, run, out)
-    result: dict[str, Any] = {"name": run.name, "argv": argv}
+    result: dict[str, Any] = {"name": run.name, "argv": argv, "attackers": run.attackers}
     summary_path = out / "summary.json"
     if args.reuse and summary_path.exists():
         result["reused"] = True
@@ -425,38 +434,41 @@ def eval_partition(res: dict[str, Any], _base: dict[str, Any] | None) -> Row:
                + stop_note(s))
 
 
-def _attacker(s: dict[str, Any]) -> int:
-    return len(node_rows(s)) - 1
+def _attackers(res: dict[str, Any]) -> set[int]:
+    """The attacking nodes: the last `attackers` (1 unless the run says otherwise)."""
+    n = len(node_rows(res["summary"]))
+    k = int(res.get("attackers") or 1)
+    return set(range(n - k, n))
 
 
-def honest_accs(s: dict[str, Any], attacker: int) -> list[float]:
+def honest_accs(s: dict[str, Any], attackers: set[int]) -> list[float]:
     return [float(r["accuracy"]) for r in node_rows(s)
-            if r["index"] != attacker and r.get("accuracy") is not None]
+            if r["index"] not in attackers and r.get("accuracy") is not None]
 
 
-def last_poll(series: dict[str, Any], attacker: int) -> dict[str, Any] | None:
+def last_poll(series: dict[str, Any], attackers: set[int]) -> dict[str, Any] | None:
     """The last parameter poll that reached an honest node (a run that ended early has no
     final collection)."""
     polls = [p for p in series.get("polls", [])
-             if any(int(k) != attacker for k in p.get("node_accuracy", {}))]
+             if any(int(k) not in attackers for k in p.get("node_accuracy", {}))]
     return polls[-1] if polls else None
 
 
 def eval_attack(res: dict[str, Any], base: dict[str, Any] | None) -> Row:
     s = res["summary"]
-    attacker = _attacker(s)
-    accs = honest_accs(s, attacker)
+    attackers = _attackers(res)
+    accs = honest_accs(s, attackers)
     early = ""
     if not accs:  # the run ended early (a node exited): the last poll's parameters
-        poll = last_poll(res.get("timeseries", {}), attacker) or {}
+        poll = last_poll(res.get("timeseries", {}), attackers) or {}
         accs = [float(v) for k, v in poll.get("node_accuracy", {}).items()
-                if int(k) != attacker]
+                if int(k) not in attackers]
         exited = [r["index"] for r in node_rows(s) if r.get("exit_code") not in (0, None)]
         cd = poll.get("consensus_distance")
         early = (f"run ended early: node(s) {exited} exited with an error; accuracies at the "
                  f"last poll of the honest nodes (t={poll.get('t')} s), consensus distance "
                  f"then {'-' if cd is None else f'{cd:.3g}'}; ")
-    b = [] if base is None else honest_accs(base["summary"], attacker)
+    b = [] if base is None else honest_accs(base["summary"], attackers)
     mean = sum(accs) / len(accs) if accs else None
     low = min(accs) if accs else None
     bmean = sum(b) / len(b) if b else None
@@ -468,11 +480,12 @@ def eval_attack(res: dict[str, Any], base: dict[str, Any] | None) -> Row:
         result = "expected-fail" if not within else "FAIL (control did not fail)"
     else:
         result = "pass" if within and s.get("ok") else "FAIL"
-    att = node_rows(s)[attacker] if node_rows(s) else {}
+    att = [pts(r.get("accuracy")) for r in node_rows(s) if r["index"] in attackers]
     return Row(res["name"], "honest acc mean,min (pts)", f"{pts(mean)},{pts(low)}",
                f"{pts(bmean)},{pts(bmin)}", "within 3 pts" if not control else "fails",
-               result, early + f"robust={'none' if control else 'clip'}; attacker acc "
-               f"{pts(att.get('accuracy'))}; " + stop_note(s))
+               result, early + f"robust={'none' if control else 'clip'}; "
+               f"{len(attackers)} attacker(s) {sorted(attackers)}, acc {','.join(att)}; "
+               + stop_note(s))
 
 
 def eval_flood(res: dict[str, Any], base: dict[str, Any] | None) -> Row:
@@ -696,6 +709,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attacks", default=",".join(ATTACKS), help="attack modes to run")
     p.add_argument("--control-attack", default="scaled",
                    help="the attack(s) the plain-averaging control runs against (comma list)")
+    p.add_argument("--attackers", type=int, default=1,
+                   help="how many nodes (the last ones) attack in each attack run (default 1)")
+    p.add_argument("--partition-seconds", type=float, default=None,
+                   help="how long the partition lasts (default 60; 30 with --quick)")
     p.add_argument("--flood-streams", type=int, default=AVG_STREAMS)
     p.add_argument("--partition", default="iid", help="data partition of every run")
     p.add_argument("--seed", type=int, default=0)
@@ -719,6 +736,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown scenario or attack: {', '.join(bad)}")
     if a.nodes < 2:
         p.error("--nodes must be >= 2")
+    if "attacks" in a.scenarios and not 1 <= a.attackers < a.nodes - 1:
+        p.error("--attackers must leave node 0 and at least one more node honest")
     return a
 
 
