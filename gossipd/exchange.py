@@ -4,7 +4,8 @@ Wire flow (protocol/PROTOCOL.md): initiator -> Hello, responder -> Hello, then b
 encrypted parameters (ParamsStart + chunks) concurrently and read the other's. Sending and reading
 at the same time matters: yamux resets a sender whose peer stops reading for 5 s, so
 write-all-then-read deadlocks on large models. With provenance, each Hello carries the sender's
-side of the receipt (gossipd/receipts.py) and one ReceiptSig goes each way after the parameters.
+side of the receipt, including the hash of the parameters it is about to send
+(gossipd/receipts.py), and each side's ReceiptSig goes just ahead of its parameters.
 
 Rules:
 - The whole exchange runs under one deadline (averaging.timeout_s): a frozen peer costs at most
@@ -17,13 +18,15 @@ Rules:
   runner's rule: C + w * (R - S)), or, for a model without it, to `apply_remote(R, step)`.
 - Parameters stream: each chunk is sealed as it is sent and opened as it arrives, straight into
   the receive buffer, so an exchange holds about one model-sized buffer (what it receives).
-- Receipts (when both Hellos carry receipt info): the hashes of the receipt are worked out while
-  the parameters stream (ours in a worker thread from the start, the peer's piece by piece as
-  its data arrives), so after the last chunk only the signature round is left: sign, send our
-  ReceiptSig, read theirs, verify. No merge before the peer's signature verifies. The record
-  is then written and fsync'd in a worker thread while the merge runs, and is on disk before
-  the exchange returns. A node with provenance whose peer's Hello carries no receipt info
-  still sends its parameters (the peer may merge them) but merges nothing: NoReceipt.
+- Receipts (when both Hellos carry receipt info): we hash what we will send before our Hello
+  (a large vector in a worker thread) and commit to it there; once both Hellos are in, the
+  whole receipt is known, so we sign and send our ReceiptSig first on our half of the swap,
+  and read and check the peer's first on the other half. The peer's data is hashed piece by
+  piece as it arrives (a large vector in a worker thread) and must match the hash it
+  committed to. No merge before the peer's signature verifies and its parameters match. The
+  record then goes to the ledger's writer thread (gossipd/provenance.py): no disk on the
+  exchange's path. A node with provenance whose peer's Hello carries no receipt info still
+  sends its parameters (the peer may merge them) but merges nothing: NoReceipt.
 - Compression (averaging.compression, gossipd/compress.py): the sender encodes its snapshot
   ("bf16"/"int8", through the node's error-feedback hook) and streams the encoded buffer.
   Everything after the swap uses the DEQUANTIZED sent vector S_hat, what the peer actually
@@ -45,9 +48,24 @@ import trio
 
 from gossipd.netapi import MessageStream, Stream, Transport, TransportError
 from gossipd.provenance import Provenance
-from gossipd.receipts import Announcement, ExchangeFacts, announce, swap_signatures
+from gossipd.receipts import (
+    Announcement,
+    ExchangeFacts,
+    Signing,
+    announce,
+    check_params,
+    check_signature,
+    sign,
+)
 from protocol.errors import ParamsRejected, ProtocolError, UnexpectedMessage
-from protocol.messages import AVG_PROTOCOL_ID, ErrorMsg, Hello, Message, encode_message
+from protocol.messages import (
+    AVG_PROTOCOL_ID,
+    ErrorMsg,
+    Hello,
+    Message,
+    ReceiptInfo,
+    encode_message,
+)
 from protocol.quant import decode, encode
 from protocol.receipt import params_hash, params_hasher
 from protocol.replay import ReplayCheck
@@ -80,8 +98,8 @@ class NothingToSend(PeerRefused):
         super().__init__("local", "our parameters are not finite; nothing was sent")
 
 
-# A vector of at least this many bytes is hashed in a worker thread while the parameters
-# stream (hashlib releases the GIL); a smaller one on the event loop, where its hash costs less
+# A vector of at least this many bytes is hashed in a worker thread (hashlib releases the GIL;
+# the peer's while it streams in); a smaller one on the event loop, where its hash costs less
 # than a thread hop.
 HASH_IN_THREAD_BYTES = 256 << 10
 # The peer's data is handed to the hashing thread in pieces of at least this many bytes.
@@ -135,8 +153,8 @@ class ExchangeOutcome:
     remote_step: int
     bytes_sent: int
     bytes_received: int
-    # Time the receipt added to the exchange: waiting for hashes after the parameters, the
-    # signature round, and the part of the ledger write the merge did not hide.
+    # Time the receipt added to the exchange: hashing our vector before the Hello, signing,
+    # checking the peer's signature, and waiting for the hash of its data after the last chunk.
     receipt_s: float = 0.0
 
 
@@ -159,32 +177,16 @@ def _expect(msg: Message, kind: type) -> None:
         raise UnexpectedMessage(f"expected {kind.__name__}, got {type(msg).__name__}")
 
 
-class _Hashes:
-    """params_hash of what we send and of what we receive, for the receipt, worked out while
-    the parameters stream: a large sent vector in a worker thread from the start, the peer's
-    "<f4" data piece by piece as it arrives (in order, in a worker thread), anything else when
-    it is complete. Vectors under HASH_IN_THREAD_BYTES are hashed on the event loop: ours once
-    it is sent (while the peer's last chunks are still on the way), theirs on arrival."""
+class _ReceivedHash:
+    """params_hash of what the peer sends, worked out while it streams: plain "<f4" data piece
+    by piece as it arrives (in order, in a worker thread) when the vector is large, anything
+    else once it is complete (a small vector on the event loop)."""
 
-    def __init__(self, sent: np.ndarray) -> None:
-        self._sent = sent
-        self.sent: bytes | None = None
-        self.received: bytes | None = None
+    def __init__(self) -> None:
+        self.digest: bytes | None = None
         self._hasher = params_hasher()
         self._fed = 0
         self._pieces, self._todo = trio.open_memory_channel[memoryview](math.inf)
-
-    def big(self, nbytes: int) -> bool:
-        return nbytes >= HASH_IN_THREAD_BYTES
-
-    async def hash_sent(self) -> None:
-        """A worker of the swap's nursery (large vectors only)."""
-        self.sent = await trio.to_thread.run_sync(params_hash, self._sent)
-
-    def sent_done(self) -> None:
-        """Our last frame is out: hash a small sent vector now."""
-        if self.sent is None and not self.big(self._sent.nbytes):
-            self.sent = params_hash(self._sent)
 
     async def hash_pieces(self) -> None:
         """A worker of the swap's nursery: feeds the peer's data to the hash, in order."""
@@ -200,8 +202,8 @@ class _Hashes:
             self._fed = len(data)
 
     async def complete(self, session: AveragingSession, remote: np.ndarray) -> None:
-        """The peer's vector is complete: finish its hash (and ours, if still running)."""
-        if session.received_plain and self.big(remote.nbytes):
+        """The peer's vector is complete: finish its hash."""
+        if session.received_plain and remote.nbytes >= HASH_IN_THREAD_BYTES:
             rest = remote.data.cast("B")[self._fed :]
             if len(rest):
                 self._pieces.send_nowait(rest)
@@ -209,26 +211,41 @@ class _Hashes:
             return  # the digest is taken once hash_pieces is done
         self._pieces.close()
         self._fed = -1  # the pieces (if any) are not the hash: the whole vector is
-        if self.big(remote.nbytes):
-            self.received = await trio.to_thread.run_sync(params_hash, remote)
-        else:
-            self.received = params_hash(remote)
+        self.digest = await _hash(remote)
 
-    def result(self) -> tuple[bytes, bytes]:
-        if self.received is None:
-            self.received = self._hasher.digest()
-        assert self.sent is not None and self.received is not None
-        return self.sent, self.received
+    def result(self) -> bytes:
+        if self.digest is None:
+            self.digest = self._hasher.digest()
+        return self.digest
+
+
+async def _hash(flat: np.ndarray) -> bytes:
+    if flat.nbytes >= HASH_IN_THREAD_BYTES:
+        return await trio.to_thread.run_sync(params_hash, flat)
+    return params_hash(flat)
+
+
+@dataclass
+class _Receipt:
+    """The receipt half of a swap: our ReceiptSig goes out first, the peer's comes in first."""
+
+    signing: Signing
+    mine: Announcement
+    theirs: ReceiptInfo
+    hashes: _ReceivedHash = field(default_factory=_ReceivedHash)
+    their_sig: bytes | None = None
+    spent_s: float = 0.0  # checking the peer's signature on the event loop
 
 
 async def _swap_params(
     ms: MessageStream, session: AveragingSession, frames: Iterator[bytes | bytearray],
-    hashes: _Hashes | None = None,
+    receipt: _Receipt | None = None,
 ) -> tuple[np.ndarray, int, float]:
     """Stream our parameters out while theirs stream in; the first failure cancels the other
-    half. Chunks are sealed as they are sent and opened as they arrive. With ``hashes``, the
-    receipt's hashes are worked out meanwhile; the float returned is how long they took after
-    both halves were done (0 without)."""
+    half. Chunks are sealed as they are sent and opened as they arrive. With ``receipt``, our
+    ReceiptSig precedes our parameters, the peer's is read and checked before its parameters,
+    and the hash of its data is worked out meanwhile; the float returned is how long that hash
+    took after both halves were done (0 without)."""
     received: list[tuple[np.ndarray, int]] = []
     errors: list[Exception] = []
     halves_done: list[float] = []
@@ -245,6 +262,12 @@ async def _swap_params(
                 nursery.cancel_scope.cancel()
 
         async def read() -> None:
+            if receipt is not None:
+                first = await ms.receive()
+                t = trio.current_time()
+                receipt.their_sig = check_signature(receipt.signing, first, receipt.mine,
+                                                    receipt.theirs)
+                receipt.spent_s += trio.current_time() - t
             while True:
                 msg = await ms.receive()
                 if isinstance(msg, ErrorMsg):
@@ -253,28 +276,26 @@ async def _swap_params(
                 if result is not None:
                     received.append(result)
                     halves_done.append(trio.current_time())
-                    if hashes is not None:
-                        await hashes.complete(session, result[0])
+                    if receipt is not None:
+                        await receipt.hashes.complete(session, result[0])
                     return
-                if hashes is not None:
-                    hashes.arrived(session)
+                if receipt is not None:
+                    receipt.hashes.arrived(session)
 
         async def send() -> None:
+            if receipt is not None:  # our ReceiptSig and the (small) ParamsStart: one write
+                await ms.send(receipt.signing.message + bytes(next(frames)))
             for frame in frames:
                 await ms.send(frame)
             halves_done.append(trio.current_time())
-            if hashes is not None:
-                hashes.sent_done()
 
-        if hashes is not None:
-            nursery.start_soon(guarded, hashes.hash_pieces)
-            if hashes.big(hashes._sent.nbytes):
-                nursery.start_soon(guarded, hashes.hash_sent)
+        if receipt is not None:
+            nursery.start_soon(guarded, receipt.hashes.hash_pieces)
         nursery.start_soon(guarded, send)
         nursery.start_soon(guarded, read)
     if errors:
         raise errors[0]
-    waited = trio.current_time() - max(halves_done) if hashes is not None else 0.0
+    waited = trio.current_time() - max(halves_done) if receipt is not None else 0.0
     return received[0][0], received[0][1], waited
 
 
@@ -304,12 +325,40 @@ def _new_session(
     )
 
 
-def _announce(transport: Transport, peer_id: str, model: LocalModel) -> Announcement | None:
-    """Our side of the receipt, for our Hello (None without provenance)."""
+@dataclass(frozen=True)
+class _Outgoing:
+    """What we send, fixed before our Hello: the payload to stream, the dequantized vector it
+    decodes to (what the peer gets: the merge and the receipt use it), its hash (provenance
+    only) and the time that hash took."""
+
+    payload: np.ndarray
+    flat: np.ndarray
+    sent_hash: bytes | None
+    hash_s: float
+
+
+async def _prepare(model: LocalModel, flat: np.ndarray) -> _Outgoing:
+    """Tamper (testbeds), refuse to send a non-finite vector, compress, and with provenance
+    hash what the peer will receive: its Hello commits to that hash."""
+    if model.tamper is not None:
+        flat = model.tamper(flat)
+    if not all_finite(flat):
+        raise NothingToSend
+    payload, flat = _compressed(model, flat)  # from here on `flat` is what the peer receives
     if model.provenance is None:
+        return _Outgoing(payload, flat, None, 0.0)
+    t = trio.current_time()
+    digest = await _hash(flat)
+    return _Outgoing(payload, flat, digest, trio.current_time() - t)
+
+
+def _announce(transport: Transport, peer_id: str, model: LocalModel,
+              out: _Outgoing) -> Announcement | None:
+    """Our side of the receipt, for our Hello (None without provenance)."""
+    if model.provenance is None or out.sent_hash is None:
         return None
     return announce(model.provenance, transport.peer_id_bytes(peer_id),
-                    model.samples_since_exchange())
+                    model.samples_since_exchange(), out.sent_hash)
 
 
 def _compressed(model: LocalModel, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -323,62 +372,59 @@ def _compressed(model: LocalModel, flat: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 async def _finish(
-    ms: MessageStream, session: AveragingSession, model: LocalModel, flat: np.ndarray, step: int,
+    ms: MessageStream, session: AveragingSession, model: LocalModel, out: _Outgoing, step: int,
     mine: Announcement | None = None,
 ) -> ExchangeOutcome:
-    """Both roles, once keys exist: swap encrypted parameters, sign the receipt (with
-    provenance), then mix theirs into ours."""
-    if model.tamper is not None:
-        flat = model.tamper(flat)
-    if not all_finite(flat):
-        raise NothingToSend
-    payload, flat = _compressed(model, flat)  # from here on `flat` is what the peer receives
-    frames = session.params_frames(payload, step, encoding=model.compression)
+    """Both roles, once keys exist: swap encrypted parameters (with provenance, each side's
+    ReceiptSig ahead of them), check them, then mix theirs into ours."""
+    flat = out.flat
+    frames = session.params_frames(out.payload, step, encoding=model.compression)
     theirs = session.remote_receipt
     provenance = model.provenance if mine is not None and theirs is not None else None
-    hashes = None if provenance is None else _Hashes(flat)
-    remote, remote_step, t_receipt = await _swap_params(ms, session, frames, hashes)
-    if mine is not None and theirs is None:
-        raise NoReceipt
-    if model.check_remote is not None:
-        reason = model.check_remote(ms.stream.remote_peer, flat, remote)
-        if reason is not None:
-            exc = ParamsRejected(f"parameters refused: {reason}")
-            await _send_error(ms, exc)
-            raise exc
-    receipt = None
-    if provenance is not None and hashes is not None and mine is not None and theirs is not None:
-        t0 = trio.current_time()
-        sent_hash, received_hash = hashes.result()
+    receipt: _Receipt | None = None
+    t_receipt = out.hash_s
+    if provenance is not None and mine is not None and theirs is not None:
+        t = trio.current_time()
         assert session.exchange_id is not None
         facts = ExchangeFacts(
             initiator=session.initiator, exchange_id=session.exchange_id,
             local_peer=model.peer_id_bytes, remote_peer=session.remote_peer_id,
-            time_ms=session.initiator_time_ms, local_step=step, remote_step=remote_step,
-            sent_hash=sent_hash, received_hash=received_hash)
-        # No merge before the peer's signature on the receipt verifies (gossipd/receipts.py).
-        receipt = await swap_signatures(ms, facts, model.seed, provenance, mine, theirs)
-        t_receipt += trio.current_time() - t0
-    merge_s = 0.0
-
-    def merge() -> None:
-        nonlocal merge_s
-        t = trio.current_time()
-        if model.merge_from is not None:
-            model.merge_from(ms.stream.remote_peer, flat, remote, remote_step)
-        elif model.merge_remote is not None:
-            model.merge_remote(flat, remote, remote_step)
-        else:
-            model.apply_remote(remote, remote_step)
-        merge_s = trio.current_time() - t
-
-    if receipt is None or provenance is None:
-        merge()
+            time_ms=session.initiator_time_ms, local_step=step,
+            remote_step=session.remote_step)
+        receipt = _Receipt(sign(facts, model.seed, provenance, mine, theirs), mine, theirs)
+        t_receipt += trio.current_time() - t
+    remote, remote_step, waited = await _swap_params(ms, session, frames, receipt)
+    if mine is not None and theirs is None:
+        raise NoReceipt
+    refused: str | None = None
+    try:
+        if receipt is not None:
+            t_receipt += waited + receipt.spent_s
+            check_params(receipt.theirs, receipt.hashes.result())
+            if remote_step != session.remote_step:
+                raise ParamsRejected("the parameters' step differs from the peer's Hello")
+        if model.check_remote is not None:
+            reason = model.check_remote(ms.stream.remote_peer, flat, remote)
+            if reason is not None:
+                refused = f"parameters refused: {reason}"
+                raise ParamsRejected(refused)
+    except ProtocolError as exc:
+        if refused is not None and receipt is not None and provenance is not None:
+            # Both signed a receipt of what was sent: keep it, and say it was not merged.
+            assert receipt.their_sig is not None
+            provenance.record_receipt_soon(receipt.signing.receipt(receipt.their_sig),
+                                           refused=refused)
+        await _send_error(ms, exc)
+        raise
+    if model.merge_from is not None:
+        model.merge_from(ms.stream.remote_peer, flat, remote, remote_step)
+    elif model.merge_remote is not None:
+        model.merge_remote(flat, remote, remote_step)
     else:
-        t0 = trio.current_time()
-        with trio.CancelScope(shield=True):  # merged: the record must not be lost to a deadline
-            await provenance.record_receipt(receipt, during=merge)  # written while we merge
-        t_receipt += max(0.0, trio.current_time() - t0 - merge_s)
+        model.apply_remote(remote, remote_step)
+    if receipt is not None and provenance is not None:
+        assert receipt.their_sig is not None
+        provenance.record_receipt_soon(receipt.signing.receipt(receipt.their_sig))
     return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received,
                            t_receipt)
 
@@ -392,7 +438,8 @@ async def initiate(
         ms = MessageStream(stream)
         try:
             flat, step = model.snapshot()
-            mine = _announce(transport, peer_id, model)
+            out = await _prepare(model, flat)
+            mine = _announce(transport, peer_id, model, out)
             session = _new_session(transport, peer_id, model, step, None, mine)
             await ms.send(session.hello())
             reply = await ms.receive()
@@ -403,7 +450,7 @@ async def initiate(
             except ProtocolError as exc:
                 await _send_error(ms, exc)
                 raise
-            return await _finish(ms, session, model, flat, step, mine)
+            return await _finish(ms, session, model, out, step, mine)
         finally:
             counter.add(ms)
             await _close(stream)
@@ -421,14 +468,15 @@ async def respond(
                 _expect(first, Hello)
                 assert isinstance(first, Hello)
                 flat, step = model.snapshot()
-                mine = _announce(transport, stream.remote_peer, model)
+                out = await _prepare(model, flat)
+                mine = _announce(transport, stream.remote_peer, model, out)
                 session = _new_session(transport, stream.remote_peer, model, step, first, mine)
                 session.receive_hello(first)
             except ProtocolError as exc:
                 await _send_error(ms, exc)
                 raise
             await ms.send(session.hello())
-            return await _finish(ms, session, model, flat, step, mine)
+            return await _finish(ms, session, model, out, step, mine)
     finally:
         counter.add(ms)
         await _close(stream)

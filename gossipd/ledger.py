@@ -14,14 +14,19 @@ Rules:
 - Hashing the body's digest rather than the body lets a node prove to a peer that its ledger
   only grew since the head the peer last saw: it sends the body digests of the newer records and
   the peer folds them onto the old head (`fold`); a rewritten history cannot reach the new head.
-- Appends are whole records written with one write to an O_APPEND descriptor and fsync'd. A
-  crash mid-append leaves a torn tail, which `open()` detects (short read, bad hash) and cuts
-  off: only that record is lost, never an earlier one.
+- Appends are whole records written with one write each to an O_APPEND descriptor, fsync'd at
+  once or later (`sync`: one fsync for everything written since, e.g. from another thread).
+  A crash mid-append leaves a torn tail, which `open()` detects (short read, bad hash) and
+  cuts off: only that record is lost, never an earlier one. `durable_head` is the head as of
+  the last fsync: what the node shows peers, so a power cut can never take back a head a peer
+  has seen (a killed process loses nothing written: the kernel holds it).
 - Kinds: genesis, receipt (an exchange receipt signed by both peers: protocol/receipt.py),
   checkpoint (parameter hash and step), data (hash of the local data set and task config),
-  peer-head (a peer's ledger head as the peer itself signed it).
-- Blocking file I/O: the daemon calls append from a worker thread or accepts ~1 ms per record
-  (one small write + fsync); reads happen at start and for `gossipctl provenance`.
+  peer-head (a peer's ledger head as the peer itself signed it), refused (right after a
+  receipt whose parameters this node did not merge: the exchange id and why).
+- File I/O: the daemon appends on the event loop (one small write, no fsync: tens of
+  microseconds) and fsyncs from a worker thread (gossipd/provenance.py); reads happen at start
+  and for `gossipctl provenance`. The state both touch (heads, digests) is guarded by a lock.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,7 +55,7 @@ from protocol.framing import safe_unpackb
 FILE_NAME = "ledger.bin"
 PERSON = b"gossipd/ledger\x00\x00"
 ZERO = bytes(32)
-KINDS = ("genesis", "receipt", "checkpoint", "data", "peer-head")
+KINDS = ("genesis", "receipt", "checkpoint", "data", "peer-head", "refused")
 MAX_BODY = 64 * 1024
 _LEN = struct.Struct(">I")
 _TAIL = 32 + 64
@@ -281,6 +287,8 @@ class Ledger:
         if records:
             verify_own(records, peer_id_bytes)
         self._head = (records[-1].seq, records[-1].hash) if records else (-1, ZERO)
+        self._durable = self._head
+        self._lock = threading.Lock()
         self.last_of_kind: dict[str, Record] = {r.kind: r for r in records}
         self._digests = [r.digest for r in records[-KEEP_DIGESTS:]]
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -289,7 +297,13 @@ class Ledger:
 
     @property
     def head(self) -> tuple[int, bytes]:
+        """(seq, hash) of the last record written."""
         return self._head
+
+    @property
+    def durable_head(self) -> tuple[int, bytes]:
+        """(seq, hash) of the last record fsync'd: the head to show peers."""
+        return self._durable
 
     def __len__(self) -> int:
         return self._head[0] + 1
@@ -297,29 +311,46 @@ class Ledger:
     def read(self) -> list[Record]:
         return read_records(self.path)[0]
 
-    def append(self, kind: str, data: dict[str, Any], time_ms: int | None = None) -> Record:
+    def append(self, kind: str, data: dict[str, Any], time_ms: int | None = None, *,
+               fsync: bool = True) -> Record:
+        """Write one record (one write to the O_APPEND descriptor) and, unless told not to,
+        fsync it. With fsync=False the record survives a killed process (the kernel has it)
+        but not a power cut until the next `sync`. One writer at a time (the caller's rule)."""
         seq, prev = self._head[0] + 1, self._head[1]
         now = time.time_ns() // 1_000_000 if time_ms is None else time_ms
         raw, rec = encode_record(self._seed, seq, prev, kind, now, data)
         os.write(self._fd, raw)
-        os.fsync(self._fd)
-        self._size += len(raw)
-        self._head = (rec.seq, rec.hash)
-        self.last_of_kind[kind] = rec
-        self._digests.append(rec.digest)
-        del self._digests[:-KEEP_DIGESTS]
+        with self._lock:
+            self._size += len(raw)
+            self._head = (rec.seq, rec.hash)
+            self.last_of_kind[kind] = rec
+            self._digests.append(rec.digest)
+            del self._digests[:-KEEP_DIGESTS]
+        if fsync:
+            self.sync()
         return rec
+
+    def sync(self) -> tuple[int, bytes]:
+        """fsync everything written so far and move the durable head there; returns it. Safe
+        to call from another thread than the writer's (fsync covers every completed write)."""
+        head = self._head
+        os.fsync(self._fd)
+        with self._lock:
+            if head[0] > self._durable[0]:
+                self._durable = head
+            return self._durable
 
     def digests_since(self, seq: int, upto: int | None = None) -> list[bytes] | None:
         """Body digests of the records after `seq` up to and including `upto` (default: the
         head): what a peer that saw our head at `seq` needs to check that the head we showed
         it now (`upto`) only extends it. None when they are older than the KEEP_DIGESTS kept."""
-        upto = self._head[0] if upto is None else upto
-        first_kept = self._head[0] + 1 - len(self._digests)
-        start = max(seq + 1, 0)
-        if start < first_kept or upto - start + 1 > KEEP_DIGESTS:
-            return None
-        return self._digests[start - first_kept : upto - first_kept + 1]
+        with self._lock:
+            upto = self._head[0] if upto is None else upto
+            first_kept = self._head[0] + 1 - len(self._digests)
+            start = max(seq + 1, 0)
+            if start < first_kept or upto - start + 1 > KEEP_DIGESTS:
+                return None
+            return self._digests[start - first_kept : upto - first_kept + 1]
 
     @property
     def size_bytes(self) -> int:

@@ -192,6 +192,7 @@ async def _run(cfg: config_mod.Config, seed: bytes, membership: Membership,
                 # A clean stop: every task has ended, so the state is the last whole chunk.
                 if cfg.node.checkpoint_interval_s > 0:
                     await node.autosave_checkpoint("shutdown")
+                await provenance.flush()  # every queued ledger record on disk before exit
             finally:
                 remove_socket(socket_path)
     log.info("stopped")

@@ -5,20 +5,23 @@ Rules:
   when they differ from the last such record: a model can later be tied to the data that
   trained it without the data leaving the node.
 - Every saved checkpoint adds a `checkpoint` record (parameter hash, step).
-- Every completed exchange adds a `receipt` record signed by both peers (protocol/receipt.py).
+- Every completed exchange adds a `receipt` record signed by both peers (protocol/receipt.py),
+  followed by a `refused` record when this node did not merge the peer's parameters.
 - `lineage()` summarises the ledger for `gossipctl provenance`: contributing peers with their
   exchange and sample counts, the latest exchanges, data and checkpoints.
-Appends fsync and `lineage` reads the whole file, so both run in a worker thread, one at a time.
-An exchange's receipt is written while its merge runs on the event loop (`record_receipt`'s
-`during`), and is on disk (fsync'd) before the exchange returns: the write costs the exchange
-only what the merge does not hide, and a node killed mid-append still loses at most that one
-torn record.
+- Records are written on the event loop the moment they exist (one small write each, no
+  fsync: a killed process loses nothing written, and a torn last record is cut at the next
+  start); a worker thread fsyncs behind them, one fsync for everything written since the last
+  (group commit), and moves the durable head, which is the head the node shows peers. So the
+  disk's latency never sits on an exchange's path, and a power cut can only take back records
+  no peer has seen a head of. `append` (checkpoint records) and `flush` wait for the fsync.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -26,11 +29,40 @@ import trio
 from gossipd.ledger import Ledger, Record
 from protocol.receipt import ReceiptBody
 
+log = logging.getLogger("gossipd.provenance")
+
+
+class _Waiter:
+    """Set from the fsync thread, awaited on the event loop."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.error: BaseException | None = None
+
+    def done(self, error: BaseException | None) -> None:
+        self.error = error
+        assert self.token is not None
+        self.token.run_sync_soon(self.event.set)
+
+    async def wait(self) -> None:
+        with trio.CancelScope(shield=True):  # the fsync is under way anyway
+            await self.event.wait()
+        if self.error is not None:
+            raise self.error
+
 
 class Provenance:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._limiter = trio.CapacityLimiter(1)
+        self._limiter = trio.CapacityLimiter(1)  # lineage reads, one at a time
+        self._queue_lock = threading.Lock()
+        self._waiters: list[_Waiter] = []
+        self._dirty = False
+        self._syncing = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self.write_errors = 0
         # The last ledger head each peer showed us, as our own receipts recorded it.
         self._heads: dict[bytes, tuple[int, bytes]] = {}
         for rec in ledger.read():  # once, at start
@@ -48,41 +80,79 @@ class Provenance:
     def peer_head(self, peer: bytes) -> tuple[int, bytes] | None:
         return self._heads.get(peer)
 
-    async def record_receipt(self, receipt: dict[str, bytes],
-                             during: Callable[[], None] | None = None) -> Record:
-        """Append a doubly signed receipt (write + fsync in a worker thread). `during`, when
-        given, runs on the event loop while the thread writes (the exchange's merge: the
-        peer's signature has verified, so merging no longer waits for the disk). Returns once
-        the record is on disk, also when `during` raises or the caller is cancelled."""
-        async with self._limiter:  # appends stay one at a time, in order
-            done = trio.Event()
-            result: list[Record | BaseException] = []
-            token = trio.lowlevel.current_trio_token()
-
-            def write() -> None:  # in the worker thread
-                try:
-                    result.append(self.ledger.append("receipt", dict(receipt)))
-                except BaseException as exc:  # re-raised on the event loop below
-                    result.append(exc)
-
-            # Started here and now (not from a new task), so the write is under way while
-            # `during` runs.
-            trio.lowlevel.start_thread_soon(write, lambda _: token.run_sync_soon(done.set))
-            try:
-                if during is not None:
-                    during()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await done.wait()
-        rec = result[0]
-        if isinstance(rec, BaseException):
-            raise rec
-        self._remember(ReceiptBody.from_bytes(receipt["body"]))
-        return rec
+    def record_receipt_soon(self, receipt: dict[str, bytes], refused: str | None = None
+                            ) -> None:
+        """Write a doubly signed receipt (and, when we did not merge the peer's parameters, a
+        `refused` record saying why) now; the fsync follows in the worker thread. A write that
+        fails is logged and counted: the exchange itself is done."""
+        body = ReceiptBody.from_bytes(receipt["body"])
+        self._remember(body)
+        try:
+            self.ledger.append("receipt", dict(receipt), fsync=False)
+            if refused is not None:
+                self.ledger.append("refused", {"exchange_id": body.exchange_id,
+                                               "reason": refused[:200]}, fsync=False)
+        except OSError as exc:
+            self.write_errors += 1
+            log.error("ledger %s: could not append a receipt: %s", self.ledger.path, exc)
+            return
+        self._sync_soon(None)
 
     async def append(self, kind: str, data: dict[str, Any]) -> Record:
-        return await trio.to_thread.run_sync(self.ledger.append, kind, data,
-                                             limiter=self._limiter)
+        """Append one record; returns once it is on disk (fsync'd)."""
+        try:
+            rec = self.ledger.append(kind, data, fsync=False)
+        except OSError:
+            self.write_errors += 1
+            raise
+        await self.flush()
+        return rec
+
+    async def flush(self) -> None:
+        """Wait until every record written so far is fsync'd."""
+        if self.ledger.durable_head[0] >= self.ledger.head[0] and not self._syncing:
+            return
+        waiter = _Waiter()
+        self._sync_soon(waiter)
+        await waiter.wait()
+
+    def _sync_soon(self, waiter: _Waiter | None) -> None:
+        with self._queue_lock:
+            self._dirty = True
+            if waiter is not None:
+                waiter.token = trio.lowlevel.current_trio_token()
+                self._waiters.append(waiter)
+            start = not self._syncing
+            self._syncing = True
+            if start:
+                self._idle.clear()
+        if start:
+            trio.lowlevel.start_thread_soon(self._sync_loop, lambda _outcome: None)
+
+    def _sync_loop(self) -> None:
+        """The worker thread: fsync until nothing new was written meanwhile."""
+        while True:
+            with self._queue_lock:
+                if not self._dirty:
+                    self._syncing = False
+                    self._idle.set()
+                    return
+                self._dirty = False
+                waiters, self._waiters = self._waiters, []
+            error: BaseException | None = None
+            try:
+                self.ledger.sync()
+            except OSError as exc:  # disk gone, file closed: said to waiters, logged
+                error = exc
+                self.write_errors += 1
+                log.error("ledger %s: fsync failed: %s", self.ledger.path, exc)
+            for waiter in waiters:
+                waiter.done(error)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) for the fsync thread to finish, then close the file."""
+        self._idle.wait(timeout)
+        self.ledger.close()
 
     def record_data_sync(self, data_hash: bytes, samples: int, task_config: dict[str, Any]
                          ) -> Record | None:
@@ -101,6 +171,8 @@ class Provenance:
     def _lineage(self, peer_names: dict[bytes, str], latest: int) -> dict[str, Any]:
         records = self.ledger.read()
         me = self.ledger.peer_id_bytes
+        refused = {r.data.get("exchange_id") for r in records if r.kind == "refused"}
+        not_merged: Counter[str] = Counter()
         contributions: Counter[str] = Counter()
         samples: Counter[str] = Counter()
         exchanges: list[dict[str, Any]] = []
@@ -111,14 +183,20 @@ class Provenance:
             mine_initiator = body.initiator == me
             other = body.responder if mine_initiator else body.initiator
             name = peer_names.get(other, other.hex())
-            contributions[name] += 1
-            samples[name] += body.responder_samples if mine_initiator else body.initiator_samples
+            merged = body.exchange_id not in refused
+            if merged:
+                contributions[name] += 1
+                samples[name] += (body.responder_samples if mine_initiator
+                                  else body.initiator_samples)
+            else:
+                not_merged[name] += 1
             exchanges.append({
                 "seq": rec.seq, "peer": name, "exchange_id": body.exchange_id.hex(),
                 "time_ms": body.time_ms,
                 "my_step": body.initiator_step if mine_initiator else body.responder_step,
                 "peer_step": body.responder_step if mine_initiator else body.initiator_step,
                 "role": "initiator" if mine_initiator else "responder",
+                "merged": merged,
             })
         seq, head = self.ledger.head
         return {
@@ -128,6 +206,7 @@ class Provenance:
             "receipts": len(exchanges),
             "contributors": [{"peer": p, "exchanges": n, "samples": samples[p]}
                              for p, n in contributions.most_common()],
+            "not_merged": dict(not_merged),
             "latest_exchanges": exchanges[-latest:],
             "data": [r.as_dict() for r in records if r.kind == "data"][-5:],
             "checkpoints": [r.as_dict() for r in records if r.kind == "checkpoint"][-5:],

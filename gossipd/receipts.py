@@ -1,17 +1,20 @@
-"""The receipt of an exchange: announced in the Hellos, signed after both parameter streams,
-before any merge.
+"""The receipt of an exchange: committed to in the Hellos, signed before the parameters,
+checked before any merge.
 
-    both -> Hello{..., receipt: ReceiptInfo{samples, head_seq, head_hash, seen_seq}}
-    ... both parameter streams ...
+    both -> Hello{..., receipt: ReceiptInfo{samples, head_seq, head_hash, seen_seq, params_hash}}
     both -> ReceiptSig{sig over the receipt, digests of our records after seen_seq}
+    both -> ParamsStart + chunks (the parameters whose hash the Hello committed to)
 
 Rules:
-- Everything in ReceiptInfo is known before the exchange starts (`announce`), so it rides in
-  the Hello and the round after the parameters is a single message each way: as soon as a side
-  has the peer's parameters it hashes, builds the receipt bytes (protocol/receipt.py), signs and
-  sends its ReceiptSig, then reads the peer's. The messages are small (the digests at most
-  128 KiB), so each side writes before it reads. A peer's parameters are merged only once its
-  signature verifies: a peer that refuses to sign gets no merge.
+- Everything in ReceiptInfo is known before the exchange starts (`announce`), including the
+  hash of the vector we will send, so once both Hellos are in, each side can build the whole
+  receipt (protocol/receipt.py) and sign it. Each sends its ReceiptSig first on its half of the
+  parameter swap and reads the peer's first on the other half: the signature adds no round
+  trip. The peer's signature is checked on arrival (`check_signature`), its parameters against
+  the hash it committed to once they are complete (`ParamsMismatch`); only then is anything
+  merged: a peer that refuses to sign, or signs for other parameters, gets no merge.
+- Heads: we announce the ledger's durable head (the last fsync'd record), so no peer ever saw a
+  head a power cut could take back.
 - History check: we remember the newest ledger head each peer showed us (from our own
   receipts; concurrent exchanges may record them out of order, so only a newer seq replaces).
   The head we checked against is the one we named (seen_seq) in our Hello, kept in the
@@ -29,11 +32,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gossipd.ledger import KEEP_DIGESTS, fold
-from gossipd.netapi import MessageStream
 from gossipd.provenance import Provenance
 from protocol.crypto import ed25519_public_key_from_peer_id, verify
-from protocol.errors import AuthenticationError, HistoryRewritten, UnexpectedMessage
-from protocol.messages import ErrorMsg, ReceiptInfo, ReceiptSig, encode_message
+from protocol.errors import (
+    AuthenticationError,
+    HistoryRewritten,
+    ParamsMismatch,
+    UnexpectedMessage,
+)
+from protocol.messages import ErrorMsg, Message, ReceiptInfo, ReceiptSig, encode_message
 from protocol.receipt import ReceiptBody, receipt_digest, sign_receipt
 
 log = logging.getLogger("gossipd.receipts")
@@ -44,7 +51,7 @@ COMPRESSION = "none"
 
 @dataclass(frozen=True)
 class ExchangeFacts:
-    """What both sides of one exchange agree on once parameters are swapped."""
+    """What both sides of one exchange agree on once the Hellos are swapped."""
 
     initiator: bool
     exchange_id: bytes
@@ -53,8 +60,6 @@ class ExchangeFacts:
     time_ms: int  # the initiator's Hello time
     local_step: int
     remote_step: int
-    sent_hash: bytes
-    received_hash: bytes
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,15 @@ class Announcement:
     seen: tuple[int, bytes] | None
 
 
-def announce(provenance: Provenance, remote_peer: bytes, samples: int) -> Announcement:
-    """Our ReceiptInfo for an exchange with `remote_peer`, taken before our Hello."""
+def announce(provenance: Provenance, remote_peer: bytes, samples: int,
+             sent_hash: bytes) -> Announcement:
+    """Our ReceiptInfo for an exchange with `remote_peer`, taken before our Hello;
+    `sent_hash` is params_hash of the vector we will send."""
     seen = provenance.peer_head(remote_peer)
-    seq, head = provenance.ledger.head
+    seq, head = provenance.ledger.durable_head
     return Announcement(ReceiptInfo(samples=samples, head_seq=seq, head_hash=head,
-                                    seen_seq=-1 if seen is None else seen[0]), seen)
+                                    seen_seq=-1 if seen is None else seen[0],
+                                    params_hash=sent_hash), seen)
 
 
 def receipt_body(facts: ExchangeFacts, mine: ReceiptInfo, theirs: ReceiptInfo) -> bytes:
@@ -81,38 +89,63 @@ def receipt_body(facts: ExchangeFacts, mine: ReceiptInfo, theirs: ReceiptInfo) -
         else (facts.remote_peer, facts.local_peer)
     steps = (facts.local_step, facts.remote_step) if facts.initiator \
         else (facts.remote_step, facts.local_step)
-    hashes = (facts.sent_hash, facts.received_hash) if facts.initiator \
-        else (facts.received_hash, facts.sent_hash)
     return ReceiptBody(facts.exchange_id, ids[0], ids[1], facts.time_ms, steps[0], steps[1],
-                       hashes[0], hashes[1], ALGORITHM, COMPRESSION, ini.samples, res.samples,
-                       (ini.head_seq, ini.head_hash), (res.head_seq, res.head_hash)).to_bytes()
+                       ini.params_hash, res.params_hash, ALGORITHM, COMPRESSION, ini.samples,
+                       res.samples, (ini.head_seq, ini.head_hash),
+                       (res.head_seq, res.head_hash)).to_bytes()
 
 
-async def swap_signatures(ms: MessageStream, facts: ExchangeFacts, seed: bytes,
-                          provenance: Provenance, mine: Announcement, theirs: ReceiptInfo
-                          ) -> dict[str, bytes]:
-    """The receipt round after the parameters: send our ReceiptSig, read the peer's, check it;
-    return the doubly signed receipt (not yet in the ledger)."""
+@dataclass(frozen=True)
+class Signing:
+    """One exchange's receipt, once both Hellos are in: the bytes, our ReceiptSig to send."""
+
+    facts: ExchangeFacts
+    body: bytes
+    my_sig: bytes
+    message: bytes  # our encoded ReceiptSig
+
+    def receipt(self, their_sig: bytes) -> dict[str, bytes]:
+        """The doubly signed receipt (as the ledger keeps it)."""
+        sigs = (self.my_sig, their_sig) if self.facts.initiator else (their_sig, self.my_sig)
+        return {"body": self.body, "initiator_sig": sigs[0], "responder_sig": sigs[1]}
+
+
+def sign(facts: ExchangeFacts, seed: bytes, provenance: Provenance, mine: Announcement,
+         theirs: ReceiptInfo) -> Signing:
+    """Build and sign the receipt; our ReceiptSig carries the digests of our records after the
+    head the peer last saw, up to the head we announced (other exchanges may have appended
+    since). None from digests_since: the peer last saw us more than KEEP_DIGESTS records ago;
+    it gets none and cannot check."""
     body = receipt_body(facts, mine.info, theirs)
-    # Only up to the head we announced: other exchanges may have appended since. None: the
-    # peer last saw us more than KEEP_DIGESTS records ago; it gets none and cannot check.
     digests = provenance.ledger.digests_since(theirs.seen_seq, upto=mine.info.head_seq) or []
     my_sig = sign_receipt(seed, body)
-    await ms.send(encode_message(ReceiptSig(sig=my_sig, digests=digests)))
-    reply = await ms.receive()
+    return Signing(facts, body, my_sig, encode_message(ReceiptSig(sig=my_sig, digests=digests)))
+
+
+def check_signature(signing: Signing, reply: Message, mine: Announcement,
+                    theirs: ReceiptInfo) -> bytes:
+    """The peer's first message after the Hellos must be its ReceiptSig over the same receipt
+    bytes, and its ledger must extend what we saw before; returns the peer's signature."""
     if isinstance(reply, ErrorMsg):
         from gossipd.exchange import PeerRefused
 
         raise PeerRefused(reply.code, reply.message)
     if not isinstance(reply, ReceiptSig):
         raise UnexpectedMessage(f"expected ReceiptSig, got {type(reply).__name__}")
+    peer = signing.facts.remote_peer
     try:
-        verify(ed25519_public_key_from_peer_id(facts.remote_peer), receipt_digest(body), reply.sig)
+        verify(ed25519_public_key_from_peer_id(peer), receipt_digest(signing.body), reply.sig)
     except AuthenticationError:
         raise HistoryRewritten("the peer's receipt signature does not verify") from None
-    check_history(facts.remote_peer, mine.seen, theirs, reply.digests)
-    sigs = (my_sig, reply.sig) if facts.initiator else (reply.sig, my_sig)
-    return {"body": body, "initiator_sig": sigs[0], "responder_sig": sigs[1]}
+    check_history(peer, mine.seen, theirs, reply.digests)
+    return reply.sig
+
+
+def check_params(theirs: ReceiptInfo, received_hash: bytes) -> None:
+    """The parameters that arrived must be the ones the peer signed for."""
+    if received_hash != theirs.params_hash:
+        raise ParamsMismatch("the peer's parameters differ from the hash its Hello committed "
+                             "to and its receipt signed")
 
 
 def check_history(peer: bytes, seen: tuple[int, bytes] | None, theirs: ReceiptInfo,

@@ -22,6 +22,7 @@ __all__ = [
     "HistoryRewritten",
     "IntegrityError",
     "LimitExceeded",
+    "ParamsMismatch",
     "ParamsRejected",
     "ProtocolError",
     "RemoteError",
@@ -86,6 +87,13 @@ class HistoryRewritten(AuthenticationError):
     code = "history"
 
 
+class ParamsMismatch(AuthenticationError):
+    """The parameters that arrived are not the ones whose hash the peer's Hello committed to
+    and its receipt signed (PROTOCOL.md 4.7)."""
+
+    code = "params-hash"
+
+
 class IntegrityError(ProtocolError):
     """AEAD failure: tampering, truncation, reordering or trailing data."""
 
@@ -131,6 +139,7 @@ ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     AuthenticationError,
     ReplayDetected,
     HistoryRewritten,
+    ParamsMismatch,
     IntegrityError,
     LimitExceeded,
     SpecMismatch,

@@ -41,8 +41,8 @@ __all__ = [
     "to_wire",
 ]
 
-PROTOCOL_VERSION = 2
-AVG_PROTOCOL_ID = "/gossipd/avg/2.0.0"
+PROTOCOL_VERSION = 3
+AVG_PROTOCOL_ID = "/gossipd/avg/3.0.0"
 PEERS_PROTOCOL_ID = "/gossipd/peers/1.0.0"
 
 # Fixed sizes (bytes).
@@ -79,12 +79,15 @@ def _tuple(value: Any) -> Any:
 class ReceiptInfo:
     """Carried in the Hello: what the peer needs to build this exchange's receipt
     (PROTOCOL.md 4.7), all known before the exchange starts: samples trained since our last
-    exchange, our ledger head, and the seq of the peer's head we last saw (-1: never)."""
+    exchange, our ledger head, the seq of the peer's head we last saw (-1: never), and the
+    SHA-256 of the float32 parameters we are about to send (a commitment the peer checks
+    against what arrives)."""
 
     samples: int
     head_seq: int
     head_hash: bytes
     seen_seq: int
+    params_hash: bytes = bytes(32)
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,9 @@ class ParamsChunk:
 
 @dataclass(frozen=True)
 class ReceiptSig:
-    """After both parameter streams, the one receipt message each way: our signature over the
-    receipt, and the body digests of our ledger records after the head the peer last saw
-    (proof that our history only grew)."""
+    """Right after the Hellos and before our parameters, the one receipt message each way: our
+    signature over the receipt (whole once both Hellos are known), and the body digests of our
+    ledger records after the head the peer last saw (proof that our history only grew)."""
 
     sig: bytes
     digests: Sequence[bytes]
@@ -204,7 +207,8 @@ def _to_wire_unchecked(msg: Message) -> dict[str, Any]:
         if msg.receipt is not None:
             info = msg.receipt
             body["receipt"] = {"samples": info.samples, "head_seq": info.head_seq,
-                               "head_hash": info.head_hash, "seen_seq": info.seen_seq}
+                               "head_hash": info.head_hash, "seen_seq": info.seen_seq,
+                               "params_hash": info.params_hash}
         return body
     if isinstance(msg, ParamsStart):
         return {"t": T_PARAMS, "header": msg.header, "size": msg.size, "chunks": msg.chunks}
@@ -310,6 +314,7 @@ def _receipt_info(value: Any) -> ReceiptInfo:
         head_seq=_int(value, "head_seq", 0, MAX_STEP),
         head_hash=_bytes_exact(value, "head_hash", 32),
         seen_seq=_int(value, "seen_seq", -1, MAX_STEP),
+        params_hash=_bytes_exact(value, "params_hash", 32),
     )
 
 

@@ -199,10 +199,12 @@ def build_receipt(handshake: dict[str, Any]) -> dict[str, Any]:
     ini, res = handshake["initiator"], handshake["responder"]
     id_i, id_r = bytes.fromhex(ini["peer_id"]), bytes.fromhex(res["peer_id"])
     head_i = (SEEN_HEAD_I[0] + len(DIGESTS_I), _fold(SEEN_HEAD_I[1], DIGESTS_I))
+    hash_i = params_hash(np.array(VALUES, dtype=np.float32))
+    hash_r = params_hash(np.array(VALUES_R, dtype=np.float32))
     info_i = ReceiptInfo(samples=SAMPLES_I, head_seq=head_i[0], head_hash=head_i[1],
-                         seen_seq=-1)
+                         seen_seq=-1, params_hash=hash_i)
     info_r = ReceiptInfo(samples=SAMPLES_R, head_seq=HEAD_R[0], head_hash=HEAD_R[1],
-                         seen_seq=SEEN_HEAD_I[0])
+                         seen_seq=SEEN_HEAD_I[0], params_hash=hash_r)
     common: dict[str, Any] = {"spec": SPEC, "num_params": NUM_PARAMS, "time_ms": TIME_MS}
     a = AveragingSession(initiator=True, local_peer_id=id_i, local_seed=SEED_I,
                          remote_peer_id=id_r, step=STEP_I, exchange_id=EXCHANGE_ID,
@@ -213,8 +215,6 @@ def build_receipt(handshake: dict[str, Any]) -> dict[str, Any]:
     hello_i = a.hello()
     b.receive_hello(_decode_frame(hello_i))
     hello_r = b.hello()
-    hash_i = params_hash(np.array(VALUES, dtype=np.float32))
-    hash_r = params_hash(np.array(VALUES_R, dtype=np.float32))
     body = ReceiptBody(EXCHANGE_ID, id_i, id_r, TIME_MS, STEP_I, STEP_R, hash_i, hash_r,
                        "gossip-sgd", "none", SAMPLES_I, SAMPLES_R, head_i, HEAD_R).to_bytes()
     sig_i, sig_r = sign_receipt(SEED_I, body), sign_receipt(SEED_R, body)
@@ -236,7 +236,8 @@ def build_receipt(handshake: dict[str, Any]) -> dict[str, Any]:
 
 def _info_json(info: ReceiptInfo) -> dict[str, Any]:
     return {"samples": info.samples, "head_seq": info.head_seq,
-            "head_hash": info.head_hash.hex(), "seen_seq": info.seen_seq}
+            "head_hash": info.head_hash.hex(), "seen_seq": info.seen_seq,
+            "params_hash": info.params_hash.hex()}
 
 
 def _decode_frame(frame: bytes) -> Hello:
@@ -309,7 +310,8 @@ def build_messages() -> dict[str, Any]:
                                 eph_pub=bytes([9]) * 32, sig=bytes([7]) * 64, spec="s",
                                 num_params=3, step=0,
                                 receipt=ReceiptInfo(samples=320, head_seq=7,
-                                                    head_hash=bytes([4]) * 32, seen_seq=-1))),
+                                                    head_hash=bytes([4]) * 32, seen_seq=-1,
+                                                    params_hash=bytes([3]) * 32))),
         ("receipt_sig", ReceiptSig(sig=bytes([5]) * 64, digests=[bytes([6]) * 32])),
         ("error", ErrorMsg(code="spec", message="different model")),
         ("peers_req", PeersRequest(addrs=["/ip4/10.0.0.1/tcp/4001"])),
@@ -340,9 +342,17 @@ def build_messages() -> dict[str, Any]:
          "code": "decode"},
         {"name": "hello-receipt-short-hash", "frame": _frame(
             {**_hello_wire(hello), "receipt": {"samples": 1, "head_seq": 0,
-                                               "head_hash": bytes(31), "seen_seq": -1}}),
+                                               "head_hash": bytes(31), "seen_seq": -1,
+                                               "params_hash": bytes(32)}}),
+         "code": "decode"},
+        # Version 3 commits to the parameters in the Hello: a receipt without the hash.
+        {"name": "hello-receipt-no-params-hash", "frame": _frame(
+            {**_hello_wire(hello), "receipt": {"samples": 1, "head_seq": 0,
+                                               "head_hash": bytes(32), "seen_seq": -1}}),
          "code": "decode"},
         {"name": "hello-version-1", "frame": _frame({**_hello_wire(hello), "version": 1}),
+         "code": "version"},
+        {"name": "hello-version-2", "frame": _frame({**_hello_wire(hello), "version": 2}),
          "code": "version"},
     ]
     return {"valid": valid, "invalid": invalid}

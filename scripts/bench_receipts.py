@@ -2,7 +2,8 @@
 """Cost of exchange receipts: gossipd's averaging exchange with provenance on and off, side by
 side in one run, per model size.
 
-    scripts/bench_receipts.py [--params 4810,100000,1000000,10000000] [--rounds 5] [--json]
+    scripts/bench_receipts.py [--params 4810,100000,1000000,10000000] [--rounds 5]
+                              [--delay-ms D] [--json]
 
 Two OS processes on 127.0.0.1 (this one initiates, a peer it starts with `--serve` responds),
 one libp2p connection (TCP + Noise + yamux), gossipd.exchange.initiate/respond as the daemon
@@ -10,7 +11,9 @@ runs them, synthetic float32 parameters (scripts/bench_exchange.py's). "on": bot
 ledger (gossipd.ledger in a fresh directory on the --dir file system, fsync included) and every
 exchange carries the receipt (signed by both, verified, appended); "off": no provenance. The
 two modes alternate in blocks of --block exchanges (fewer for large models), --rounds times, in
-the same warm processes, so load on the machine falls on both alike.
+the same warm processes, so load on the machine falls on both alike. `--delay-ms D` puts a delay
+line between the two (a relay in this process that holds every byte D ms each way, no bandwidth
+limit): a link with a round trip of 2D ms, as between machines, which loopback is not.
 
 Per size: the median wall time of initiate() in each mode, the difference (what receipts
 cost), that difference as a share of the exchange without receipts, the ratio on/off, and the
@@ -51,6 +54,7 @@ from bench_exchange import (  # noqa: E402
     emit,
     expected_digest,
 )
+from delay_line import delay_line  # noqa: E402
 
 from gossipd import exchange  # noqa: E402
 from gossipd.ledger import Ledger  # noqa: E402
@@ -131,6 +135,7 @@ async def serve(directory: Path) -> None:
                       "ledger_records": len(provenance.ledger)})
                 state["errors"], served.kept = [], []
             elif op == "quit":
+                await provenance.flush()
                 provenance.ledger.close()
                 emit({"ok": True})
                 nursery.cancel_scope.cancel()
@@ -140,6 +145,15 @@ async def serve(directory: Path) -> None:
 
 
 # ------------------------------------------------------------------ the initiator
+
+
+def tcp_port(addrs: list[str]) -> int:
+    """The TCP port of the responder's loopback address."""
+    for a in addrs:
+        parts = a.split("/")
+        if "127.0.0.1" in parts and "tcp" in parts:
+            return int(parts[parts.index("tcp") + 1])
+    raise ValueError(f"no loopback TCP address in {addrs}")
 
 
 def block_size(num_params: int, block: int) -> int:
@@ -203,12 +217,18 @@ async def bench(args: argparse.Namespace, directory: Path) -> list[dict[str, Any
             async with open_transport(SEEDS[0], LOOPBACK) as host:
                 provenance = open_ledger(directory / "initiator", host, SEEDS[0])
                 peer_id = hello["peer_id"]
+                addrs = hello["addrs"]
+                if args.delay_ms > 0:
+                    port = await nursery.start(delay_line, tcp_port(addrs), args.delay_ms / 1e3)
+                    addrs = [f"/ip4/127.0.0.1/tcp/{port}"]
                 with trio.fail_after(60):
-                    await host.connect(peer_id, hello["addrs"])
+                    await host.connect(peer_id, addrs)
                 rows = [await measure(peer, host, peer_id, provenance, n, args.rounds,
                                       args.block) for n in args.params]
+                await provenance.flush()
                 provenance.ledger.close()
             await peer.call(op="quit")
+            nursery.cancel_scope.cancel()  # the delay line, if any
         finally:
             with trio.move_on_after(5):
                 await proc.wait()
@@ -217,8 +237,9 @@ async def bench(args: argparse.Namespace, directory: Path) -> list[dict[str, Any
     return rows
 
 
-def print_table(rows: list[dict[str, Any]], directory: str) -> None:
-    print(f"# receipts on vs off, medians; ledgers under {directory}")
+def print_table(rows: list[dict[str, Any]], directory: str, delay_ms: float) -> None:
+    link = f"delay line {delay_ms:g} ms each way" if delay_ms > 0 else "loopback"
+    print(f"# receipts on vs off, medians; {link}; ledgers under {directory}")
     print(f"{'params':>10}  {'MiB':>7}  {'n':>4}  {'off ms':>8}  {'on ms':>8}  {'cost ms':>8}  "
           f"{'cost %':>7}  {'on/off':>6}  {'receipt_s ms':>12}")
     for r in rows:
@@ -257,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="off/on block pairs per size (default: 5)")
     parser.add_argument("--block", type=int, default=40,
                         help="exchanges per block for small models (default: 40)")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="one-way delay of a relay between the peers (default 0: loopback)")
     parser.add_argument("--dir", help="where the ledgers go (default: a temporary directory)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -270,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     if args.json:
-        print(json.dumps({"rows": rows, "target_share": TARGET_SHARE}, indent=2))
+        print(json.dumps({"rows": rows, "target_share": TARGET_SHARE,
+                          "delay_ms": args.delay_ms}, indent=2))
     else:
-        print_table(rows, str(directory.parent))
+        print_table(rows, str(directory.parent), args.delay_ms)
     for r in rows:
         for err in r["errors"]:
             print(f"{r['num_params']} params: {err}", file=sys.stderr)

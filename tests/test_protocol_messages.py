@@ -67,8 +67,8 @@ def wire(msg: Message, **changes: Any) -> dict[str, Any]:
 
 
 def test_constants() -> None:
-    assert PROTOCOL_VERSION == 2
-    assert AVG_PROTOCOL_ID == "/gossipd/avg/2.0.0"
+    assert PROTOCOL_VERSION == 3
+    assert AVG_PROTOCOL_ID == "/gossipd/avg/3.0.0"
     assert PEERS_PROTOCOL_ID == "/gossipd/peers/1.0.0"
 
 
@@ -193,22 +193,24 @@ def test_caps_are_inclusive() -> None:
 
 
 def test_version_mismatch() -> None:
-    for other in (1, 3):  # version 1 had a separate ReceiptInfo round; 3 is the future
+    # version 1 had a separate ReceiptInfo round, 2 signed after the parameters; 4 is the future
+    for other in (1, 2, 4):
         with pytest.raises(VersionMismatch) as info:
             from_wire(wire(HELLO, version=other))
         assert info.value.code == "version"
-    # The version is judged before anything else: a v3 Hello may look different.
+    # The version is judged before anything else: a v4 Hello may look different.
     with pytest.raises(VersionMismatch):
-        from_wire({"t": "hello", "version": 3})
+        from_wire({"t": "hello", "version": 4})
 
 
 def test_hello_receipt_info() -> None:
-    """Hello.receipt: absent means no ledger; a map of the four fields otherwise."""
-    info = ReceiptInfo(samples=320, head_seq=7, head_hash=b"\x04" * 32, seen_seq=-1)
+    """Hello.receipt: absent means no ledger; a map of the five fields otherwise."""
+    info = ReceiptInfo(samples=320, head_seq=7, head_hash=b"\x04" * 32, seen_seq=-1,
+                       params_hash=b"\x05" * 32)
     hello = dataclasses.replace(HELLO, receipt=info)
     body = to_wire(hello)
     assert body["receipt"] == {"samples": 320, "head_seq": 7, "head_hash": b"\x04" * 32,
-                               "seen_seq": -1}
+                               "seen_seq": -1, "params_hash": b"\x05" * 32}
     assert from_wire(body) == hello
     assert "receipt" not in to_wire(HELLO) and from_wire(to_wire(HELLO)).receipt is None
     good = body["receipt"]
@@ -217,6 +219,8 @@ def test_hello_receipt_info() -> None:
         ({**good, "head_hash": b"\x04" * 31}, DecodeError),
         ({**good, "seen_seq": -2}, DecodeError), ({**good, "samples": True}, DecodeError),
         ({k: v for k, v in good.items() if k != "head_seq"}, DecodeError),
+        ({k: v for k, v in good.items() if k != "params_hash"}, DecodeError),
+        ({**good, "params_hash": b"\x05" * 33}, DecodeError),
         ({**good, "head_seq": 1 << 63}, LimitExceeded),
     ):
         with pytest.raises(exc):

@@ -317,7 +317,8 @@ def test_compression_vectors_through_a_session(case: dict[str, Any]) -> None:
 
 
 def _info(d: dict[str, Any]) -> ReceiptInfo:
-    return ReceiptInfo(d["samples"], d["head_seq"], H(d["head_hash"]), d["seen_seq"])
+    return ReceiptInfo(d["samples"], d["head_seq"], H(d["head_hash"]), d["seen_seq"],
+                       H(d["params_hash"]))
 
 
 def test_hellos_carry_the_receipt_info() -> None:
@@ -346,12 +347,13 @@ def test_hellos_carry_the_receipt_info() -> None:
     # The receipt info is not in the signed transcript: the signatures are the handshake's.
     assert decode_one(ha).sig.hex() == HS["initiator_sig"]
     assert decode_one(hb).sig.hex() == HS["responder_sig"]
-    # Per spec: the Hello map is the plain one plus "receipt", a map with the four fields.
+    # Per spec: the Hello map is the plain one plus "receipt", a map with the five fields.
     plain = msgpack.unpackb(H(HS["initiator_hello_frame"])[4:])
     with_info = msgpack.unpackb(ha[4:])
     assert with_info == {**plain, "receipt": {
         "samples": info_i.samples, "head_seq": info_i.head_seq,
-        "head_hash": info_i.head_hash, "seen_seq": info_i.seen_seq}}
+        "head_hash": info_i.head_hash, "seen_seq": info_i.seen_seq,
+        "params_hash": info_i.params_hash}}
 
 
 def _ledger_fold(head: bytes, digests: list[bytes]) -> bytes:
@@ -368,10 +370,11 @@ def test_receipt_layout_per_spec() -> None:
     info_i, info_r = RECEIPT["initiator_info"], RECEIPT["responder_info"]
     for side in ("initiator", "responder"):
         values = np.array(RECEIPT[f"{side}_values"], dtype="<f4")
-        assert hashlib.blake2b(values.tobytes(), digest_size=32).hexdigest() == \
-            RECEIPT[f"{side}_params_hash"]
+        assert hashlib.sha256(values.tobytes()).hexdigest() == RECEIPT[f"{side}_params_hash"]
+        # the Hello committed to it
+        assert RECEIPT[f"{side}_info"]["params_hash"] == RECEIPT[f"{side}_params_hash"]
     expected = (
-        b"gossipd/receipt/v1\x00" + H(HS["exchange_id"])
+        b"gossipd/receipt/v2\x00" + H(HS["exchange_id"])
         + _lp(H(ini["peer_id"])) + _lp(H(res["peer_id"]))
         + struct.pack(">QQQ", HS["time_ms"], ini["step"], res["step"])
         + H(RECEIPT["initiator_params_hash"]) + H(RECEIPT["responder_params_hash"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from pathlib import Path
 
 import msgpack
@@ -44,11 +45,19 @@ def receipts(n: Node) -> list[dict[str, bytes]]:
     return [r.data for r in n.provenance.ledger.read() if r.kind == "receipt"]
 
 
+async def flush(*nodes: Node) -> None:
+    """The ledger writer thread has written (and fsync'd) everything queued."""
+    for n in nodes:
+        assert n.provenance is not None
+        await n.provenance.flush()
+
+
 async def test_both_ledgers_hold_the_same_receipt(tmp_path: Path) -> None:
     net = MemoryNetwork()
     a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
     await one_exchange(net, a, b)
     await one_exchange(net, b, a)
+    await flush(a, b)
     np.testing.assert_allclose(params(a), params(b))
     assert receipts(a) == receipts(b) and len(receipts(a)) == 2
     body = ReceiptBody.from_bytes(receipts(a)[0]["body"])
@@ -96,25 +105,79 @@ async def test_a_rewritten_history_is_caught_at_the_next_exchange(tmp_path: Path
     entry = a.peers.get(b.transport.peer_id)
     assert entry is not None and entry.strikes == 1
     np.testing.assert_allclose(params(a), before)  # no merge from a peer caught rewriting
+    await flush(a)
     assert len(receipts(a)) == 2
 
 
-async def test_one_receipt_message_each_way_after_the_parameters(
+async def test_the_receipt_sig_goes_ahead_of_the_parameters(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each side sends Hello (with its receipt info), its parameters, then one ReceiptSig."""
-    sent: list[str] = []
+    """Each side sends Hello (with its receipt info), one ReceiptSig, then its parameters: the
+    signature needs no round of its own."""
+    sent: dict[int, list[str]] = {}
+    writes: list[list[str]] = []
     original = exchange.MessageStream.send
 
-    async def spy(self: exchange.MessageStream, frame: bytes | bytearray) -> None:
-        sent.append(msgpack.unpackb(bytes(frame[4:]))["t"])
-        await original(self, frame)
+    async def spy(self: exchange.MessageStream, data: bytes | bytearray) -> None:
+        kinds, pos = [], 0
+        while pos < len(data):  # a write may carry several frames
+            n = int.from_bytes(data[pos : pos + 4], "big")
+            kinds.append(msgpack.unpackb(bytes(data[pos + 4 : pos + 4 + n]))["t"])
+            pos += 4 + n
+        sent.setdefault(id(self), []).extend(kinds)
+        writes.append(kinds)
+        await original(self, data)
 
     monkeypatch.setattr(exchange.MessageStream, "send", spy)
     net = MemoryNetwork()
     a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
     await one_exchange(net, a, b)
+    await flush(a, b)
     assert a.stats.ok == 1 and b.stats.served_ok == 1 and len(receipts(a)) == 1
-    assert sorted(sent) == sorted(["hello", "params", "chunk", "receipt_sig"] * 2)
+    assert sorted(sent.values()) == [["hello", "receipt_sig", "params", "chunk"]] * 2
+    assert writes.count(["receipt_sig", "params"]) == 2  # the signature rides in one write
+
+
+async def test_parameters_other_than_signed_for_are_not_merged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """b's Hello commits to one vector and b sends another: a merges nothing, strikes b, and
+    keeps no receipt (the receipt's hash would be false)."""
+    original = exchange._prepare
+
+    async def lying(model: exchange.LocalModel, flat: np.ndarray) -> exchange._Outgoing:
+        out = await original(model, flat)
+        if model.peer_id_bytes == b_id:
+            return dataclasses.replace(out, payload=out.payload + 1, flat=out.flat + 1)
+        return out
+
+    monkeypatch.setattr(exchange, "_prepare", lying)
+    net = MemoryNetwork()
+    a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
+    b_id = b.transport.peer_id_bytes(b.transport.peer_id)
+    await one_exchange(net, a, b)
+    await flush(a, b)
+    np.testing.assert_allclose(params(a), 0.0)
+    assert "ParamsMismatch" in (a.stats.last_error or "")
+    entry = a.peers.get(b.transport.peer_id)
+    assert entry is not None and entry.strikes == 1
+    assert receipts(a) == []
+
+
+async def test_a_refused_vector_keeps_its_receipt_marked_not_merged(tmp_path: Path) -> None:
+    """Both signed a receipt of what was sent; a's robustness check refuses b's vector: a keeps
+    the receipt, adds a `refused` record, and lineage does not count b as a contributor."""
+    net = MemoryNetwork()
+    a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
+    a.model = dataclasses.replace(a.model, check_remote=lambda _p, _s, _r: "too far")
+    await one_exchange(net, a, b)
+    await flush(a, b)
+    np.testing.assert_allclose(params(a), 0.0)
+    assert a.provenance is not None
+    kinds = [r.kind for r in a.provenance.ledger.read()]
+    assert kinds[-2:] == ["receipt", "refused"]
+    lineage = await a.provenance.lineage({})
+    assert lineage["contributors"] == [] and sum(lineage["not_merged"].values()) == 1
+    assert lineage["latest_exchanges"][-1]["merged"] is False
+    verify_file(a.provenance.ledger.path)
 
 
 @pytest.mark.parametrize("compression", ["none", "bf16"])
@@ -126,21 +189,22 @@ async def test_hashes_worked_out_while_streaming_are_the_receipts(
     monkeypatch.setattr(exchange, "HASH_IN_THREAD_BYTES", 1)
     monkeypatch.setattr(exchange, "HASH_PIECE_BYTES", 50_000)
     pieces: list[int] = []
-    original = exchange._Hashes.arrived
+    original = exchange._ReceivedHash.arrived
 
-    def counting(self: exchange._Hashes, session: exchange.AveragingSession) -> None:
+    def counting(self: exchange._ReceivedHash, session: exchange.AveragingSession) -> None:
         before = self._fed
         original(self, session)
         if self._fed != before:
             pieces.append(self._fed - before)
 
-    monkeypatch.setattr(exchange._Hashes, "arrived", counting)
+    monkeypatch.setattr(exchange._ReceivedHash, "arrived", counting)
     net = MemoryNetwork()
     n = 100_000
     a, b = node(net, "a", 0.25, tmp_path / "a", n), node(net, "b", 1.5, tmp_path / "b", n)
     if compression != "none":
         a.model = dataclasses.replace(a.model, compression=compression, compress=None)
     await one_exchange(net, a, b)
+    await flush(a, b)
     assert a.stats.ok == 1 and b.stats.served_ok == 1
     assert receipts(a) == receipts(b) and len(receipts(a)) == 1
     body = ReceiptBody.from_bytes(receipts(a)[0]["body"])
@@ -155,12 +219,26 @@ async def test_hashes_worked_out_while_streaming_are_the_receipts(
     np.testing.assert_allclose(params(a), params(b))
 
 
-async def test_the_record_is_on_disk_when_the_exchange_returns(tmp_path: Path) -> None:
-    """The ledger write overlaps the merge, but the exchange only returns once it is fsync'd:
-    reopening the file right away (as after a kill) finds the receipt whole."""
+async def test_the_ledger_is_fsynced_off_the_exchange_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exchange writes its receipt (a killed process keeps it: reopening the file right away
+    finds it whole) and returns without waiting for the disk; the worker thread fsyncs, and
+    only then does the durable head, the one the node announces, move."""
     net = MemoryNetwork()
     a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
-    await one_exchange(net, a, b)
+    assert a.provenance is not None
+    gate = threading.Event()
+    original = a.provenance.ledger.sync
+
+    def slow() -> tuple[int, bytes]:
+        gate.wait(10)
+        return original()
+
+    monkeypatch.setattr(a.provenance.ledger, "sync", slow)
+    durable = a.provenance.ledger.durable_head
+    await one_exchange(net, a, b)  # returns while a's fsync is held at the gate
+    assert a.stats.ok == 1 and a.provenance.ledger.durable_head == durable
+    assert a.provenance.ledger.head[0] == durable[0] + 1
     for who in (a, b):
         assert who.provenance is not None
         path = who.provenance.ledger.path
@@ -169,3 +247,25 @@ async def test_the_record_is_on_disk_when_the_exchange_returns(tmp_path: Path) -
         assert reopened.dropped_bytes == 0
         assert [r.kind for r in reopened.read()][-1] == "receipt"
         reopened.close()
+    gate.set()
+    await flush(a, b)
+    assert a.provenance.ledger.durable_head == a.provenance.ledger.head
+
+
+async def test_the_fsync_thread_groups_and_reports_errors(tmp_path: Path) -> None:
+    """Appends get consecutive records, each durable when append returns; a failing write is
+    raised to its caller and counted, and the provenance keeps going."""
+    net = MemoryNetwork()
+    a = node(net, "a", 0.0, tmp_path / "a")
+    prov = a.provenance
+    assert prov is not None
+    first = len(prov.ledger)
+    recs = [await prov.append("checkpoint", {"step": i, "params_hash": bytes(32)})
+            for i in range(3)]
+    assert [r.seq for r in recs] == [first, first + 1, first + 2]
+    assert prov.ledger.durable_head == prov.ledger.head
+    prov.ledger.close()  # the next write fails: EBADF
+    with pytest.raises(OSError):
+        await prov.append("checkpoint", {"step": 9, "params_hash": bytes(32)})
+    assert prov.write_errors == 1
+    await prov.flush()  # nothing new written: returns at once
