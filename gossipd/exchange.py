@@ -391,7 +391,7 @@ async def _finish(
             local_peer=model.peer_id_bytes, remote_peer=session.remote_peer_id,
             time_ms=session.initiator_time_ms, local_step=step,
             remote_step=session.remote_step)
-        receipt = _Receipt(sign(facts, model.seed, provenance, mine, theirs), mine, theirs)
+        receipt = _Receipt(sign(facts, provenance, mine, theirs), mine, theirs)
         t_receipt += trio.current_time() - t
     remote, remote_step, waited = await _swap_params(ms, session, frames, receipt)
     if mine is not None and theirs is None:

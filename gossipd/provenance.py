@@ -27,7 +27,10 @@ from typing import Any
 import trio
 
 from gossipd.ledger import Ledger, Record
+from protocol.crypto import ed25519_public_key_from_peer_id
 from protocol.receipt import ReceiptBody
+
+MAX_KEYS = 4096  # peer keys remembered (more members than that: the cache starts over)
 
 log = logging.getLogger("gossipd.provenance")
 
@@ -63,6 +66,7 @@ class Provenance:
         self._idle = threading.Event()
         self._idle.set()
         self.write_errors = 0
+        self._keys: dict[bytes, bytes] = {}
         # The last ledger head each peer showed us, as our own receipts recorded it.
         self._heads: dict[bytes, tuple[int, bytes]] = {}
         for rec in ledger.read():  # once, at start
@@ -79,6 +83,16 @@ class Provenance:
 
     def peer_head(self, peer: bytes) -> tuple[int, bytes] | None:
         return self._heads.get(peer)
+
+    def peer_key(self, peer: bytes) -> bytes:
+        """The Ed25519 key in a peer ID, checked once per peer (the point check costs as much
+        as a signature); AuthenticationError for an ID without a usable key."""
+        key = self._keys.get(peer)
+        if key is None:
+            if len(self._keys) >= MAX_KEYS:
+                self._keys.clear()
+            key = self._keys[peer] = ed25519_public_key_from_peer_id(peer)
+        return key
 
     def record_receipt_soon(self, receipt: dict[str, bytes], refused: str | None = None
                             ) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from gossipd.ledger import KEEP_DIGESTS, fold
 from gossipd.provenance import Provenance
-from protocol.crypto import ed25519_public_key_from_peer_id, verify
+from protocol.crypto import verify
 from protocol.errors import (
     AuthenticationError,
     HistoryRewritten,
@@ -41,7 +41,7 @@ from protocol.errors import (
     UnexpectedMessage,
 )
 from protocol.messages import ErrorMsg, Message, ReceiptInfo, ReceiptSig, encode_message
-from protocol.receipt import ReceiptBody, receipt_digest, sign_receipt
+from protocol.receipt import ReceiptBody, receipt_digest
 
 log = logging.getLogger("gossipd.receipts")
 
@@ -103,6 +103,7 @@ class Signing:
     body: bytes
     my_sig: bytes
     message: bytes  # our encoded ReceiptSig
+    peer_key: bytes  # the peer's Ed25519 public key, which must have signed the same bytes
 
     def receipt(self, their_sig: bytes) -> dict[str, bytes]:
         """The doubly signed receipt (as the ledger keeps it)."""
@@ -110,7 +111,7 @@ class Signing:
         return {"body": self.body, "initiator_sig": sigs[0], "responder_sig": sigs[1]}
 
 
-def sign(facts: ExchangeFacts, seed: bytes, provenance: Provenance, mine: Announcement,
+def sign(facts: ExchangeFacts, provenance: Provenance, mine: Announcement,
          theirs: ReceiptInfo) -> Signing:
     """Build and sign the receipt; our ReceiptSig carries the digests of our records after the
     head the peer last saw, up to the head we announced (other exchanges may have appended
@@ -118,8 +119,9 @@ def sign(facts: ExchangeFacts, seed: bytes, provenance: Provenance, mine: Announ
     it gets none and cannot check."""
     body = receipt_body(facts, mine.info, theirs)
     digests = provenance.ledger.digests_since(theirs.seen_seq, upto=mine.info.head_seq) or []
-    my_sig = sign_receipt(seed, body)
-    return Signing(facts, body, my_sig, encode_message(ReceiptSig(sig=my_sig, digests=digests)))
+    my_sig = provenance.ledger.signer.sign(receipt_digest(body))  # the node's identity key
+    return Signing(facts, body, my_sig, encode_message(ReceiptSig(sig=my_sig, digests=digests)),
+                   provenance.peer_key(facts.remote_peer))
 
 
 def check_signature(signing: Signing, reply: Message, mine: Announcement,
@@ -134,7 +136,7 @@ def check_signature(signing: Signing, reply: Message, mine: Announcement,
         raise UnexpectedMessage(f"expected ReceiptSig, got {type(reply).__name__}")
     peer = signing.facts.remote_peer
     try:
-        verify(ed25519_public_key_from_peer_id(peer), receipt_digest(signing.body), reply.sig)
+        verify(signing.peer_key, receipt_digest(signing.body), reply.sig)
     except AuthenticationError:
         raise HistoryRewritten("the peer's receipt signature does not verify") from None
     check_history(peer, mine.seen, theirs, reply.digests)

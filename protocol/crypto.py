@@ -34,6 +34,7 @@ __all__ = [
     "ED25519_PEER_ID_PREFIX",
     "Opener",
     "Sealer",
+    "Signer",
     "chunk_count",
     "ed25519_public_key_from_peer_id",
     "ephemeral_from_private",
@@ -93,6 +94,19 @@ def public_key_from_seed(seed32: bytes) -> bytes:
 def sign(seed32: bytes, message: bytes) -> bytes:
     """Ed25519 signature (deterministic, RFC 8032) of ``message``; 64 bytes."""
     return bytes(nacl.signing.SigningKey(seed32).sign(message).signature)
+
+
+class Signer:
+    """An identity key ready to sign: deriving the key pair from the seed costs as much as the
+    signature itself, so callers that sign often (the ledger, receipts) keep one of these."""
+
+    def __init__(self, seed32: bytes) -> None:
+        self._key = nacl.signing.SigningKey(seed32)
+        self.public_key = bytes(self._key.verify_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """The same signature as ``sign(seed32, message)``."""
+        return bytes(self._key.sign(message).signature)
 
 
 def verify(public32: bytes, message: bytes, sig: bytes) -> None:
