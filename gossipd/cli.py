@@ -162,8 +162,10 @@ def render_provenance(p: dict[str, Any]) -> str:
         lines.append(f"{'contributor':<54} {'exchanges':>9} {'samples':>9}")
         lines += [f"{c['peer']:<54} {c['exchanges']:>9} {c['samples']:>9}"
                   for c in p["contributors"]]
-    else:
+    elif not p.get("not_merged"):
         lines.append("no exchanges recorded yet")
+    for peer, n in sorted(p.get("not_merged", {}).items()):
+        lines.append(f"not merged  {peer}: {n} exchange(s) whose parameters were refused")
     for c in p["checkpoints"][-3:]:
         lines.append(f"checkpoint  step {c['data']['step']}  {c['data']['params_hash'][:16]}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gossipd import exchange
+from gossipd.cli import render_provenance
 from gossipd.config import AveragingConfig, Config, NetworkConfig, TrainConfig
 from gossipd.daemon import Node
 from gossipd.ledger import Ledger, verify_file
@@ -177,6 +178,7 @@ async def test_a_refused_vector_keeps_its_receipt_marked_not_merged(tmp_path: Pa
     lineage = await a.provenance.lineage({})
     assert lineage["contributors"] == [] and sum(lineage["not_merged"].values()) == 1
     assert lineage["latest_exchanges"][-1]["merged"] is False
+    assert "not merged" in render_provenance(lineage)
     verify_file(a.provenance.ledger.path)
 
 
