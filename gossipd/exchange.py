@@ -429,16 +429,70 @@ async def _finish(
                            t_receipt)
 
 
+def _overlap(model: LocalModel) -> bool:
+    """Hash our vector while the stream opens (initiator) or the peer's Hello is on its way
+    (responder): worth it when the hash runs in a worker thread (provenance, a large model)."""
+    return model.provenance is not None and 4 * model.num_params >= HASH_IN_THREAD_BYTES
+
+
+async def _concurrently(*fns: Callable[[], Awaitable[None]]) -> None:
+    """Run fns at once; the first failure cancels the others and is raised as is (callers
+    handle plain TransportError / ProtocolError / PeerRefused, not exception groups)."""
+    errors: list[Exception] = []
+    async with trio.open_nursery() as nursery:
+
+        async def guarded(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except Exception as exc:
+                errors.append(exc)
+                nursery.cancel_scope.cancel()
+
+        for fn in fns:
+            nursery.start_soon(guarded, fn)
+    if errors:
+        raise errors[0]
+
+
+@dataclass
+class _Snapshot:
+    """Our side of an exchange before the Hello: the snapshot's step and what we send."""
+
+    step: int = 0
+    out: _Outgoing | None = None
+
+    async def take(self, model: LocalModel) -> None:
+        flat, self.step = model.snapshot()
+        self.out = await _prepare(model, flat)
+
+
 async def initiate(
     transport: Transport, peer_id: str, model: LocalModel, timeout: float, counter: ByteCounter
 ) -> ExchangeOutcome:
     """Average with `peer_id`. Raises TransportError, ProtocolError, PeerRefused or TooSlowError."""
     with trio.fail_after(timeout):
-        stream = await transport.open_stream(peer_id, AVG_PROTOCOL_ID)
+        ours = _Snapshot()
+        streams: list[Stream] = []
+
+        async def open_stream() -> None:
+            streams.append(await transport.open_stream(peer_id, AVG_PROTOCOL_ID))
+
+        try:
+            if _overlap(model):
+                await _concurrently(open_stream, lambda: ours.take(model))
+            else:
+                await open_stream()
+        except BaseException:
+            for s in streams:
+                await _close(s)
+            raise
+        stream = streams[0]
         ms = MessageStream(stream)
         try:
-            flat, step = model.snapshot()
-            out = await _prepare(model, flat)
+            if ours.out is None:
+                await ours.take(model)
+            assert ours.out is not None
+            step, out = ours.step, ours.out
             mine = _announce(transport, peer_id, model, out)
             session = _new_session(transport, peer_id, model, step, None, mine)
             await ms.send(session.hello())
@@ -463,12 +517,24 @@ async def respond(
     ms = MessageStream(stream)
     try:
         with trio.fail_after(timeout):
-            first = await ms.receive()
+            ours = _Snapshot()
+            firsts: list[Message] = []
+
+            async def read_hello() -> None:
+                firsts.append(await ms.receive())
+
+            if _overlap(model):
+                await _concurrently(read_hello, lambda: ours.take(model))
+            else:
+                await read_hello()
+            first = firsts[0]
             try:
                 _expect(first, Hello)
                 assert isinstance(first, Hello)
-                flat, step = model.snapshot()
-                out = await _prepare(model, flat)
+                if ours.out is None:
+                    await ours.take(model)
+                assert ours.out is not None
+                step, out = ours.step, ours.out
                 mine = _announce(transport, stream.remote_peer, model, out)
                 session = _new_session(transport, stream.remote_peer, model, step, first, mine)
                 session.receive_hello(first)

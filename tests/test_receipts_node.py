@@ -13,12 +13,14 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import trio
 
 from gossipd import exchange
 from gossipd.cli import render_provenance
 from gossipd.config import AveragingConfig, Config, NetworkConfig, TrainConfig
 from gossipd.daemon import Node
 from gossipd.ledger import Ledger, verify_file
+from gossipd.netapi import TransportError
 from gossipd.provenance import Provenance
 from gossipd.runner import ModelRunner
 from protocol.receipt import ReceiptBody, params_hash
@@ -271,3 +273,17 @@ async def test_the_fsync_thread_groups_and_reports_errors(tmp_path: Path) -> Non
         await prov.append("checkpoint", {"step": 9, "params_hash": bytes(32)})
     assert prov.write_errors == 1
     await prov.flush()  # nothing new written: returns at once
+
+
+async def test_a_failed_dial_while_hashing_is_a_plain_transport_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a large model the initiator hashes its vector while the stream opens; a dial that
+    fails then surfaces as the plain TransportError (no exception group), nothing is sent."""
+    monkeypatch.setattr(exchange, "HASH_IN_THREAD_BYTES", 1)
+    net = MemoryNetwork()
+    a = node(net, "a", 0.0, tmp_path / "a")
+    assert exchange._overlap(a.model)
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        with pytest.raises(TransportError):
+            await exchange.initiate(a.transport, "nobody", a.model, 2.0, exchange.ByteCounter())
