@@ -38,7 +38,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +45,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
+from gossipd import param_hashes
 from gossipd.netapi import MessageStream, Stream, Transport, TransportError
+from gossipd.param_hashes import ReceivedHash, hash_vector
 from gossipd.provenance import Provenance
 from gossipd.receipts import (
     Announcement,
@@ -67,7 +68,6 @@ from protocol.messages import (
     encode_message,
 )
 from protocol.quant import decode, encode
-from protocol.receipt import params_hash, params_hasher
 from protocol.replay import ReplayCheck
 from protocol.session import AveragingSession
 from protocol.tensors import all_finite
@@ -98,12 +98,6 @@ class NothingToSend(PeerRefused):
         super().__init__("local", "our parameters are not finite; nothing was sent")
 
 
-# A vector of at least this many bytes is hashed in a worker thread (hashlib releases the GIL;
-# the peer's while it streams in); a smaller one on the event loop, where its hash costs less
-# than a thread hop.
-HASH_IN_THREAD_BYTES = 256 << 10
-# The peer's data is handed to the hashing thread in pieces of at least this many bytes.
-HASH_PIECE_BYTES = 1 << 20
 
 
 def wall_clock_ms() -> int:
@@ -177,54 +171,6 @@ def _expect(msg: Message, kind: type) -> None:
         raise UnexpectedMessage(f"expected {kind.__name__}, got {type(msg).__name__}")
 
 
-class _ReceivedHash:
-    """params_hash of what the peer sends, worked out while it streams: plain "<f4" data piece
-    by piece as it arrives (in order, in a worker thread) when the vector is large, anything
-    else once it is complete (a small vector on the event loop)."""
-
-    def __init__(self) -> None:
-        self.digest: bytes | None = None
-        self._hasher = params_hasher()
-        self._fed = 0
-        self._pieces, self._todo = trio.open_memory_channel[memoryview](math.inf)
-
-    async def hash_pieces(self) -> None:
-        """A worker of the swap's nursery: feeds the peer's data to the hash, in order."""
-        async with self._todo:
-            async for piece in self._todo:
-                await trio.to_thread.run_sync(self._hasher.update, piece)
-
-    def arrived(self, session: AveragingSession) -> None:
-        """After a non-final chunk: hand what arrived since the last piece to the thread."""
-        data = session.partial_params()
-        if len(data) - self._fed >= HASH_PIECE_BYTES:
-            self._pieces.send_nowait(data[self._fed :])
-            self._fed = len(data)
-
-    async def complete(self, session: AveragingSession, remote: np.ndarray) -> None:
-        """The peer's vector is complete: finish its hash."""
-        if session.received_plain and remote.nbytes >= HASH_IN_THREAD_BYTES:
-            rest = remote.data.cast("B")[self._fed :]
-            if len(rest):
-                self._pieces.send_nowait(rest)
-            self._pieces.close()
-            return  # the digest is taken once hash_pieces is done
-        self._pieces.close()
-        self._fed = -1  # the pieces (if any) are not the hash: the whole vector is
-        self.digest = await _hash(remote)
-
-    def result(self) -> bytes:
-        if self.digest is None:
-            self.digest = self._hasher.digest()
-        return self.digest
-
-
-async def _hash(flat: np.ndarray) -> bytes:
-    if flat.nbytes >= HASH_IN_THREAD_BYTES:
-        return await trio.to_thread.run_sync(params_hash, flat)
-    return params_hash(flat)
-
-
 @dataclass
 class _Receipt:
     """The receipt half of a swap: our ReceiptSig goes out first, the peer's comes in first."""
@@ -232,7 +178,7 @@ class _Receipt:
     signing: Signing
     mine: Announcement
     theirs: ReceiptInfo
-    hashes: _ReceivedHash = field(default_factory=_ReceivedHash)
+    hashes: ReceivedHash = field(default_factory=ReceivedHash)
     their_sig: bytes | None = None
     spent_s: float = 0.0  # checking the peer's signature on the event loop
 
@@ -348,7 +294,7 @@ async def _prepare(model: LocalModel, flat: np.ndarray) -> _Outgoing:
     if model.provenance is None:
         return _Outgoing(payload, flat, None, 0.0)
     t = trio.current_time()
-    digest = await _hash(flat)
+    digest = await hash_vector(flat)
     return _Outgoing(payload, flat, digest, trio.current_time() - t)
 
 
@@ -432,7 +378,8 @@ async def _finish(
 def _overlap(model: LocalModel) -> bool:
     """Hash our vector while the stream opens (initiator) or the peer's Hello is on its way
     (responder): worth it when the hash runs in a worker thread (provenance, a large model)."""
-    return model.provenance is not None and 4 * model.num_params >= HASH_IN_THREAD_BYTES
+    return (model.provenance is not None
+            and 4 * model.num_params >= param_hashes.HASH_IN_THREAD_BYTES)
 
 
 async def _concurrently(*fns: Callable[[], Awaitable[None]]) -> None:

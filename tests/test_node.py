@@ -84,6 +84,11 @@ async def one_exchange(net: MemoryNetwork, a: Node, b: Node) -> None:
         await start(nursery, a, b)
         a.peers.add(b.transport.peer_id, ["/memory"], trio.current_time())
         await a._average_once(b.transport.peer_id)
+        # b may still be finishing its side (e.g. the tail of a hash in a worker thread, which
+        # wait_all_tasks_blocked counts as blocked): wait (bounded) until it is done.
+        with trio.move_on_after(5):
+            while b.limits.active_exchanges:
+                await trio.sleep(0.001)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
 

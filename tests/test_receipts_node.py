@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trio
 
-from gossipd import exchange
+from gossipd import exchange, param_hashes
 from gossipd.cli import render_provenance
 from gossipd.config import AveragingConfig, Config, NetworkConfig, TrainConfig
 from gossipd.daemon import Node
@@ -190,18 +190,18 @@ async def test_hashes_worked_out_while_streaming_are_the_receipts(
     """With the thresholds lowered, a model of 100k parameters takes the large-model path: our
     hash in a worker thread, the peer's "<f4" data hashed piece by piece as it arrives (bf16:
     hashed whole once decoded). The receipt holds the hashes of what each side sent."""
-    monkeypatch.setattr(exchange, "HASH_IN_THREAD_BYTES", 1)
-    monkeypatch.setattr(exchange, "HASH_PIECE_BYTES", 50_000)
+    monkeypatch.setattr(param_hashes, "HASH_IN_THREAD_BYTES", 1)
+    monkeypatch.setattr(param_hashes, "HASH_PIECE_BYTES", 50_000)
     pieces: list[int] = []
-    original = exchange._ReceivedHash.arrived
+    original = param_hashes.ReceivedHash.arrived
 
-    def counting(self: exchange._ReceivedHash, session: exchange.AveragingSession) -> None:
+    def counting(self: param_hashes.ReceivedHash, session: exchange.AveragingSession) -> None:
         before = self._fed
         original(self, session)
         if self._fed != before:
             pieces.append(self._fed - before)
 
-    monkeypatch.setattr(exchange._ReceivedHash, "arrived", counting)
+    monkeypatch.setattr(param_hashes.ReceivedHash, "arrived", counting)
     net = MemoryNetwork()
     n = 100_000
     a, b = node(net, "a", 0.25, tmp_path / "a", n), node(net, "b", 1.5, tmp_path / "b", n)
@@ -279,7 +279,7 @@ async def test_a_failed_dial_while_hashing_is_a_plain_transport_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a large model the initiator hashes its vector while the stream opens; a dial that
     fails then surfaces as the plain TransportError (no exception group), nothing is sent."""
-    monkeypatch.setattr(exchange, "HASH_IN_THREAD_BYTES", 1)
+    monkeypatch.setattr(param_hashes, "HASH_IN_THREAD_BYTES", 1)
     net = MemoryNetwork()
     a = node(net, "a", 0.0, tmp_path / "a")
     assert exchange._overlap(a.model)
