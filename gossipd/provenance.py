@@ -59,12 +59,12 @@ class Provenance:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._limiter = trio.CapacityLimiter(1)  # lineage reads, one at a time
-        self._queue_lock = threading.Lock()
+        self._cond = threading.Condition()
         self._waiters: list[_Waiter] = []
-        self._dirty = False
+        self._dirty = False  # written since the last fsync began
         self._syncing = False
-        self._idle = threading.Event()
-        self._idle.set()
+        self._closing = False
+        self._thread: threading.Thread | None = None
         self.write_errors = 0
         self._keys: dict[bytes, bytes] = {}
         # The last ledger head each peer showed us, as our own receipts recorded it.
@@ -124,34 +124,38 @@ class Provenance:
 
     async def flush(self) -> None:
         """Wait until every record written so far is fsync'd."""
-        if self.ledger.durable_head[0] >= self.ledger.head[0] and not self._syncing:
-            return
+        with self._cond:
+            if (not self._dirty and not self._syncing
+                    and self.ledger.durable_head[0] >= self.ledger.head[0]):
+                return
         waiter = _Waiter()
         self._sync_soon(waiter)
         await waiter.wait()
 
     def _sync_soon(self, waiter: _Waiter | None) -> None:
-        with self._queue_lock:
+        """Ask the fsync thread (started on first use, then kept: starting a thread costs the
+        event loop more than the write it follows) for an fsync of everything written."""
+        with self._cond:
             self._dirty = True
             if waiter is not None:
                 waiter.token = trio.lowlevel.current_trio_token()
                 self._waiters.append(waiter)
-            start = not self._syncing
-            self._syncing = True
-            if start:
-                self._idle.clear()
-        if start:
-            trio.lowlevel.start_thread_soon(self._sync_loop, lambda _outcome: None)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._sync_loop, name="ledger-fsync",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
 
     def _sync_loop(self) -> None:
-        """The worker thread: fsync until nothing new was written meanwhile."""
+        """The fsync thread: one fsync for everything written since the last, until closed."""
         while True:
-            with self._queue_lock:
+            with self._cond:
+                self._syncing = False
+                while not self._dirty and not self._closing:
+                    self._cond.wait()
                 if not self._dirty:
-                    self._syncing = False
-                    self._idle.set()
-                    return
-                self._dirty = False
+                    return  # closing, and nothing left to sync
+                self._dirty, self._syncing = False, True
                 waiters, self._waiters = self._waiters, []
             error: BaseException | None = None
             try:
@@ -164,8 +168,13 @@ class Provenance:
                 waiter.done(error)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Wait (bounded) for the fsync thread to finish, then close the file."""
-        self._idle.wait(timeout)
+        """Let the fsync thread finish what was written (bounded), then close the file."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
         self.ledger.close()
 
     def record_data_sync(self, data_hash: bytes, samples: int, task_config: dict[str, Any]
