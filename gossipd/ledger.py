@@ -336,7 +336,10 @@ class Ledger:
         """fsync everything written so far and move the durable head there; returns it. Safe
         to call from another thread than the writer's (fsync covers every completed write)."""
         head = self._head
-        os.fsync(self._fd)
+        fd = self._fd
+        if fd < 0:  # closed: close() synced everything written
+            return self._durable
+        os.fsync(fd)
         with self._lock:
             if head[0] > self._durable[0]:
                 self._durable = head
@@ -360,6 +363,9 @@ class Ledger:
         return self._size
 
     def close(self) -> None:
+        """fsync what was written and close the file."""
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            os.fsync(fd)
+            os.close(fd)
+            self._durable = self._head

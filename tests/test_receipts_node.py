@@ -100,6 +100,7 @@ async def test_a_rewritten_history_is_caught_at_the_next_exchange(tmp_path: Path
     net = MemoryNetwork()
     a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
     await one_exchange(net, a, b)
+    await flush(b)  # b announces durable heads: let its first receipt reach the disk
     await one_exchange(net, a, b)  # a has now seen b's head after b's first receipt
     rewrite_history(b)
     before = params(a).copy()
