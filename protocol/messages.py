@@ -80,7 +80,7 @@ class ReceiptInfo:
     """Carried in the Hello: what the peer needs to build this exchange's receipt
     (PROTOCOL.md 4.7), all known before the exchange starts: samples trained since our last
     exchange, our ledger head, the seq of the peer's head we last saw (-1: never), and the
-    SHA-256 of the float32 parameters we are about to send (a commitment the peer checks
+    BLAKE3-256 of the float32 parameters we are about to send (a commitment the peer checks
     against what arrives)."""
 
     samples: int

@@ -17,7 +17,7 @@ FORBIDDEN = {
     "trio", "anyio", "asyncio", "libp2p", "multiaddr", "socket", "ssl", "select", "selectors",
     "threading", "subprocess", "time", "gossipd", "pickle", "marshal", "http", "urllib",
 }
-ALLOWED_THIRD_PARTY = {"msgpack", "nacl", "numpy"}
+ALLOWED_THIRD_PARTY = {"blake3", "msgpack", "nacl", "numpy"}
 
 
 def imported_roots(path: Path) -> set[str]:

@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import blake3
 import msgpack
 import nacl.bindings as sodium
 import nacl.signing
@@ -370,7 +371,7 @@ def test_receipt_layout_per_spec() -> None:
     info_i, info_r = RECEIPT["initiator_info"], RECEIPT["responder_info"]
     for side in ("initiator", "responder"):
         values = np.array(RECEIPT[f"{side}_values"], dtype="<f4")
-        assert hashlib.sha256(values.tobytes()).hexdigest() == RECEIPT[f"{side}_params_hash"]
+        assert blake3.blake3(values.tobytes()).hexdigest() == RECEIPT[f"{side}_params_hash"]
         # the Hello committed to it
         assert RECEIPT[f"{side}_info"]["params_hash"] == RECEIPT[f"{side}_params_hash"]
     expected = (
