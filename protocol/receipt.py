@@ -59,20 +59,27 @@ PERSON = b"gossipd/receipt\x00"
 _HEAD = struct.Struct(">Q32s")
 
 
-def params_hasher() -> Any:
+# From this size on, params_hash lets the BLAKE3 binding spread the work over threads; below
+# it, waking that thread pool costs more than it saves on a machine whose cores are busy.
+PARALLEL_HASH_BYTES = 16 << 20
+
+
+def params_hasher(threads: bool = False) -> Any:
     """A fresh BLAKE3 state for params_hash, for a caller that hashes a vector's
     little-endian float32 bytes piece by piece (e.g. while they arrive) and then digest()s.
     BLAKE3 because this hash runs over every vector of every exchange, on its path: 4-6 GB/s
-    on one core of the reference machines (SHA-256 1.7, BLAKE2b 0.94), more on several (the
-    binding spreads a large input over threads, without the GIL)."""
-    return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    on one core of the reference machines (SHA-256 1.7, BLAKE2b 0.94). `threads`: let the
+    binding spread large updates over all cores (it releases the GIL either way)."""
+    if threads:
+        return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    return blake3.blake3()
 
 
 def params_hash(flat: npt.NDArray[Any]) -> bytes:
     """BLAKE3-256 of a parameter vector as the wire carries it (little-endian float32). No
     copy when ``flat`` already is contiguous "<f4"."""
     data = np.ascontiguousarray(flat, dtype="<f4")
-    h = params_hasher()
+    h = params_hasher(threads=data.nbytes >= PARALLEL_HASH_BYTES)
     h.update(data.data.cast("B"))
     digest: bytes = h.digest()
     return digest

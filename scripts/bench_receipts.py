@@ -12,8 +12,9 @@ ledger (gossipd.ledger in a fresh directory on the --dir file system, fsync incl
 exchange carries the receipt (signed by both, verified, appended); "off": no provenance. The
 two modes alternate in blocks of --block exchanges (fewer for large models), --rounds times, in
 the same warm processes, so load on the machine falls on both alike. `--delay-ms D` puts a delay
-line between the two (a relay in this process that holds every byte D ms each way, no bandwidth
-limit): a link with a round trip of 2D ms, as between machines, which loopback is not.
+line between the two (scripts/delay_line.py, a relay in a third process that holds every byte D
+ms each way, no bandwidth limit): a link with a round trip of 2D ms, as between machines, which
+loopback is not.
 
 Per size: the median wall time of initiate() in each mode, the difference (what receipts
 cost), that difference as a share of the exchange without receipts, the ratio on/off, and the
@@ -54,7 +55,6 @@ from bench_exchange import (  # noqa: E402
     emit,
     expected_digest,
 )
-from delay_line import delay_line  # noqa: E402
 
 from gossipd import exchange  # noqa: E402
 from gossipd.ledger import Ledger  # noqa: E402
@@ -218,8 +218,14 @@ async def bench(args: argparse.Namespace, directory: Path) -> list[dict[str, Any
                 provenance = open_ledger(directory / "initiator", host, SEEDS[0])
                 peer_id = hello["peer_id"]
                 addrs = hello["addrs"]
-                if args.delay_ms > 0:
-                    port = await nursery.start(delay_line, tcp_port(addrs), args.delay_ms / 1e3)
+                if args.delay_ms > 0:  # the relay in a process of its own, like a network
+                    relay = await nursery.start(lambda task_status=trio.TASK_STATUS_IGNORED:
+                                                trio.run_process(
+                        [sys.executable, str(ROOT / "scripts" / "delay_line.py"), "--upstream",
+                         str(tcp_port(addrs)), "--delay-ms", str(args.delay_ms)],
+                        stdout=subprocess.PIPE, check=False, task_status=task_status))
+                    assert relay.stdout is not None
+                    port = int((await relay.stdout.receive_some(64)).decode().split()[0])
                     addrs = [f"/ip4/127.0.0.1/tcp/{port}"]
                 with trio.fail_after(60):
                     await host.connect(peer_id, addrs)
@@ -228,7 +234,7 @@ async def bench(args: argparse.Namespace, directory: Path) -> list[dict[str, Any
                 await provenance.flush()
                 provenance.ledger.close()
             await peer.call(op="quit")
-            nursery.cancel_scope.cancel()  # the delay line, if any
+            nursery.cancel_scope.cancel()  # the delay line's process, if any
         finally:
             with trio.move_on_after(5):
                 await proc.wait()

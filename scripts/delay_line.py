@@ -11,7 +11,7 @@ Loopback only, and it lives as long as the nursery that started it.
 from __future__ import annotations
 
 import trio
-from trio import TaskStatus
+from trio_typing import TaskStatus
 
 QUEUE = 4096
 CHUNK = 1 << 16
@@ -56,3 +56,30 @@ async def delay_line(upstream_port: int, delay_s: float,
         nursery.start_soon(trio.serve_listeners,
                            lambda s: _relay(s, upstream_port, delay_s), listeners)
         task_status.started(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`delay_line.py --upstream PORT --delay-ms D`: serve in a process of its own (so the
+    relay's own scheduling does not share an event loop with either peer), print the port."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--upstream", type=int, required=True, help="the TCP port to relay to")
+    p.add_argument("--delay-ms", type=float, required=True, help="one-way delay")
+    p.add_argument("--seconds", type=float, default=3600.0, help="stop after this long")
+    a = p.parse_args(argv)
+
+    async def serve() -> None:
+        with trio.move_on_after(a.seconds):
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(delay_line, a.upstream, a.delay_ms / 1e3)
+                print(port, flush=True)
+
+    trio.run(serve)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
