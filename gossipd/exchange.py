@@ -150,6 +150,8 @@ class ExchangeOutcome:
     # Time the receipt added to the exchange: hashing our vector before the Hello, signing,
     # checking the peer's signature, and waiting for the hash of its data after the last chunk.
     receipt_s: float = 0.0
+    # Of the exchange's time, what the ledger took: writing (and signing) its record.
+    ledger_s: float = 0.0
 
 
 @dataclass
@@ -368,11 +370,14 @@ async def _finish(
         model.merge_remote(flat, remote, remote_step)
     else:
         model.apply_remote(remote, remote_step)
+    ledger_s = 0.0
     if receipt is not None and provenance is not None:
         assert receipt.their_sig is not None
+        t = trio.current_time()
         provenance.record_receipt_soon(receipt.signing.receipt(receipt.their_sig))
+        ledger_s = trio.current_time() - t
     return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received,
-                           t_receipt)
+                           t_receipt, ledger_s)
 
 
 def _overlap(model: LocalModel) -> bool:

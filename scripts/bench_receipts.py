@@ -17,9 +17,11 @@ ms each way, no bandwidth limit): a link with a round trip of 2D ms, as between 
 loopback is not.
 
 Per size: the median wall time of initiate() in each mode, the difference (what receipts
-cost), that difference as a share of the exchange without receipts, the ratio on/off, and the
+cost), that difference as a share of the exchange without receipts, the ratio on/off, the
 initiator's own receipt_s (ExchangeOutcome: the receipt work that is not hidden behind the
-parameter stream). The acceptance target is a cost under 1% of exchange time; the last line
+parameter stream) and ledger_s (the ledger's part: writing and signing its record; the fsync
+runs in a thread, off the path), the mean of it and its share of the exchange without
+receipts. The acceptance target is a cost under 1% of exchange time; the last line
 names the smallest measured size that meets it.
 Exit 0 (a measurement); 1 when an exchange failed or ended at the wrong parameters.
 """
@@ -168,6 +170,7 @@ async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: P
     expect = expected_digest(num_params)
     times: dict[str, list[float]] = {"off": [], "on": []}
     receipt_s: list[float] = []
+    ledger_s: list[float] = []
     errors: list[str] = []
     k = block_size(num_params, block)
     for i in range(rounds + 1):  # round 0 warms both modes up and is not counted
@@ -189,6 +192,7 @@ async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: P
                     times[mode].append(seconds)
                     if mode == "on":
                         receipt_s.append(outcome.receipt_s)
+                        ledger_s.append(outcome.ledger_s)
             seen = await peer.call(op="result")
             errors += [f"{mode} (responder): {e}" for e in seen["errors"]]
             errors += [f"{mode} (responder): parameters differ from the pair's mean"
@@ -201,6 +205,8 @@ async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: P
         "off_ms": off * 1e3, "on_ms": on * 1e3, "cost_ms": (on - off) * 1e3,
         "cost_share": (on - off) / off, "ratio": on / off,
         "receipt_s_ms": statistics.median(receipt_s) * 1e3 if receipt_s else None,
+        "ledger_ms": statistics.mean(ledger_s) * 1e3 if ledger_s else None,
+        "ledger_share": statistics.mean(ledger_s) / off if ledger_s else None,
         "ok": not errors, "errors": errors[:10],
     }
 
@@ -247,12 +253,14 @@ def print_table(rows: list[dict[str, Any]], directory: str, delay_ms: float) -> 
     link = f"delay line {delay_ms:g} ms each way" if delay_ms > 0 else "loopback"
     print(f"# receipts on vs off, medians; {link}; ledgers under {directory}")
     print(f"{'params':>10}  {'MiB':>7}  {'n':>4}  {'off ms':>8}  {'on ms':>8}  {'cost ms':>8}  "
-          f"{'cost %':>7}  {'on/off':>6}  {'receipt_s ms':>12}")
+          f"{'cost %':>7}  {'on/off':>6}  {'receipt_s ms':>12}  {'ledger ms':>9}  {'ledger %':>8}")
     for r in rows:
         rs = "-" if r["receipt_s_ms"] is None else f"{r['receipt_s_ms']:.3f}"
+        lm = "-" if r["ledger_ms"] is None else f"{r['ledger_ms']:.3f}"
+        lp = "-" if r["ledger_share"] is None else f"{100 * r['ledger_share']:.2f}%"
         print(f"{r['num_params']:>10}  {r['mib']:>7.3f}  {r['exchanges']:>4}  "
               f"{r['off_ms']:>8.2f}  {r['on_ms']:>8.2f}  {r['cost_ms']:>8.3f}  "
-              f"{100 * r['cost_share']:>6.2f}%  {r['ratio']:>6.3f}  {rs:>12}")
+              f"{100 * r['cost_share']:>6.2f}%  {r['ratio']:>6.3f}  {rs:>12}  {lm:>9}  {lp:>8}")
     # "From N on": N and every larger size measured meet it (a single noisy size does not).
     from_on = None
     for r in sorted(rows, key=lambda r: -r["num_params"]):
@@ -262,6 +270,11 @@ def print_table(rows: list[dict[str, Any]], directory: str, delay_ms: float) -> 
     print(f"target cost < {100 * TARGET_SHARE:g}% of exchange time: "
           + (f"met from {from_on} params on (of those measured)" if from_on is not None else
              "not met at the largest measured size"))
+    worst = max((r["ledger_share"] for r in rows if r["ledger_share"] is not None), default=None)
+    if worst is not None:
+        print(f"the ledger's part (its record written on the exchange's path; the fsync is off "
+              f"it): at most {100 * worst:.2f}% of exchange time"
+              + (" (under 1%)" if worst < TARGET_SHARE else " (1% or more)"))
 
 
 def _params(text: str) -> list[int]:
