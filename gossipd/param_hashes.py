@@ -3,8 +3,9 @@ Hello (`hash_vector`), the peer's piece by piece while it streams in (`ReceivedH
 
 Rules: the BLAKE3 binding releases the GIL on large buffers, so a vector of
 HASH_IN_THREAD_BYTES or more is hashed in a worker thread; a smaller one on the event loop,
-where its hash costs less than a thread hop. The peer's plain "<f4" data is fed to one hash, in order, as pieces of at least
-HASH_PIECE_BYTES arrive, so after its last chunk only the tail is left to hash.
+where its hash costs less than a thread hop. The peer's plain "<f4" data is fed to one hash,
+in order, as pieces of at least HASH_PIECE_BYTES arrive, so after its last chunk only the
+tail is left to hash.
 """
 
 from __future__ import annotations
