@@ -185,6 +185,26 @@ class _Receipt:
     spent_s: float = 0.0  # checking the peer's signature on the event loop
 
 
+async def _concurrently(*fns: Callable[[], Awaitable[None]]) -> None:
+    """Run fns at once; the first TransportError / ProtocolError / PeerRefused cancels the
+    others and is raised as is (callers handle those plain, not in exception groups; anything
+    else is a bug and propagates as trio raises it)."""
+    errors: list[Exception] = []
+    async with trio.open_nursery() as nursery:
+
+        async def guarded(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except (TransportError, ProtocolError, PeerRefused) as exc:
+                errors.append(exc)
+                nursery.cancel_scope.cancel()
+
+        for fn in fns:
+            nursery.start_soon(guarded, fn)
+    if errors:
+        raise errors[0]
+
+
 async def _swap_params(
     ms: MessageStream, session: AveragingSession, frames: Iterator[bytes | bytearray],
     receipt: _Receipt | None = None,
@@ -195,54 +215,38 @@ async def _swap_params(
     and the hash of its data is worked out meanwhile; the float returned is how long that hash
     took after both halves were done (0 without)."""
     received: list[tuple[np.ndarray, int]] = []
-    errors: list[Exception] = []
     halves_done: list[float] = []
 
-    async with trio.open_nursery() as nursery:
-
-        async def guarded(half: Callable[[], Awaitable[None]]) -> None:
-            # Errors are collected, not raised, so callers see the plain exception rather
-            # than an ExceptionGroup from this nursery.
-            try:
-                await half()
-            except (TransportError, ProtocolError, PeerRefused) as exc:
-                errors.append(exc)
-                nursery.cancel_scope.cancel()
-
-        async def read() -> None:
-            if receipt is not None:
-                first = await ms.receive()
-                t = trio.current_time()
-                receipt.their_sig = check_signature(receipt.signing, first, receipt.mine,
-                                                    receipt.theirs)
-                receipt.spent_s += trio.current_time() - t
-            while True:
-                msg = await ms.receive()
-                if isinstance(msg, ErrorMsg):
-                    raise PeerRefused(msg.code, msg.message)
-                result = session.receive(msg)
-                if result is not None:
-                    received.append(result)
-                    halves_done.append(trio.current_time())
-                    if receipt is not None:
-                        await receipt.hashes.complete(session, result[0])
-                    return
-                if receipt is not None:
-                    receipt.hashes.arrived(session)
-
-        async def send() -> None:
-            if receipt is not None:  # our ReceiptSig and the (small) ParamsStart: one write
-                await ms.send(receipt.signing.message + bytes(next(frames)))
-            for frame in frames:
-                await ms.send(frame)
-            halves_done.append(trio.current_time())
-
+    async def read() -> None:
         if receipt is not None:
-            nursery.start_soon(guarded, receipt.hashes.hash_pieces)
-        nursery.start_soon(guarded, send)
-        nursery.start_soon(guarded, read)
-    if errors:
-        raise errors[0]
+            first = await ms.receive()
+            t = trio.current_time()
+            receipt.their_sig = check_signature(receipt.signing, first, receipt.mine,
+                                                receipt.theirs)
+            receipt.spent_s += trio.current_time() - t
+        while True:
+            msg = await ms.receive()
+            if isinstance(msg, ErrorMsg):
+                raise PeerRefused(msg.code, msg.message)
+            result = session.receive(msg)
+            if result is not None:
+                received.append(result)
+                halves_done.append(trio.current_time())
+                if receipt is not None:
+                    await receipt.hashes.complete(session, result[0])
+                return
+            if receipt is not None:
+                receipt.hashes.arrived(session)
+
+    async def send() -> None:
+        if receipt is not None:  # our ReceiptSig and the (small) ParamsStart: one write
+            await ms.send(receipt.signing.message + bytes(next(frames)))
+        for frame in frames:
+            await ms.send(frame)
+        halves_done.append(trio.current_time())
+
+    halves = [send, read] if receipt is None else [receipt.hashes.hash_pieces, send, read]
+    await _concurrently(*halves)
     waited = trio.current_time() - max(halves_done) if receipt is not None else 0.0
     return received[0][0], received[0][1], waited
 
@@ -385,25 +389,6 @@ def _overlap(model: LocalModel) -> bool:
     (responder): worth it when the hash runs in a worker thread (provenance, a large model)."""
     return (model.provenance is not None
             and 4 * model.num_params >= param_hashes.HASH_IN_THREAD_BYTES)
-
-
-async def _concurrently(*fns: Callable[[], Awaitable[None]]) -> None:
-    """Run fns at once; the first failure cancels the others and is raised as is (callers
-    handle plain TransportError / ProtocolError / PeerRefused, not exception groups)."""
-    errors: list[Exception] = []
-    async with trio.open_nursery() as nursery:
-
-        async def guarded(fn: Callable[[], Awaitable[None]]) -> None:
-            try:
-                await fn()
-            except Exception as exc:
-                errors.append(exc)
-                nursery.cancel_scope.cancel()
-
-        for fn in fns:
-            nursery.start_soon(guarded, fn)
-    if errors:
-        raise errors[0]
 
 
 @dataclass

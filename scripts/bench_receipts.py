@@ -138,7 +138,7 @@ async def serve(directory: Path) -> None:
                 state["errors"], served.kept = [], []
             elif op == "quit":
                 await provenance.flush()
-                provenance.ledger.close()
+                provenance.close()
                 emit({"ok": True})
                 nursery.cancel_scope.cancel()
                 return
@@ -238,7 +238,7 @@ async def bench(args: argparse.Namespace, directory: Path) -> list[dict[str, Any
                 rows = [await measure(peer, host, peer_id, provenance, n, args.rounds,
                                       args.block) for n in args.params]
                 await provenance.flush()
-                provenance.ledger.close()
+                provenance.close()
             await peer.call(op="quit")
             nursery.cancel_scope.cancel()  # the delay line's process, if any
         finally:
