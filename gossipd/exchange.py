@@ -25,8 +25,9 @@ Rules:
   piece as it arrives (a large vector in a worker thread) and must match the hash it
   committed to. No merge before the peer's signature verifies and its parameters match. The
   record is then written (one write, no fsync; gossipd/provenance.py fsyncs it from a thread):
-  no waiting for the disk on the exchange's path. A node with provenance whose peer's Hello carries no receipt info still
-  sends its parameters (the peer may merge them) but merges nothing: NoReceipt.
+  no waiting for the disk on the exchange's path. A node with provenance whose peer's Hello
+  carries no receipt info still sends its parameters (the peer may merge them) but merges
+  nothing: NoReceipt.
 - Compression (averaging.compression, gossipd/compress.py): the sender encodes its snapshot
   ("bf16"/"int8", through the node's error-feedback hook) and streams the encoded buffer.
   Everything after the swap uses the DEQUANTIZED sent vector S_hat, what the peer actually
