@@ -151,7 +151,8 @@ class ExchangeOutcome:
     # Time the receipt added to the exchange: hashing our vector before the Hello, signing,
     # checking the peer's signature, and waiting for the hash of its data after the last chunk.
     receipt_s: float = 0.0
-    # Of the exchange's time, what the ledger took: writing (and signing) its record.
+    # Of the exchange's time, what the ledger took: queueing its record (the event loop signs
+    # and writes it on its next turn, after the exchange: Provenance.write_queued).
     ledger_s: float = 0.0
 
 
@@ -366,7 +367,7 @@ async def _finish(
             # Both signed a receipt of what was sent: keep it, and say it was not merged.
             assert receipt.their_sig is not None
             provenance.record_receipt_soon(receipt.signing.receipt(receipt.their_sig),
-                                           refused=refused)
+                                           refused=refused, body=receipt.signing.fields)
         await _send_error(ms, exc)
         raise
     if model.merge_from is not None:
@@ -379,7 +380,8 @@ async def _finish(
     if receipt is not None and provenance is not None:
         assert receipt.their_sig is not None
         t = trio.current_time()
-        provenance.record_receipt_soon(receipt.signing.receipt(receipt.their_sig))
+        provenance.record_receipt_soon(receipt.signing.receipt(receipt.their_sig),
+                                       body=receipt.signing.fields)
         ledger_s = trio.current_time() - t
     return ExchangeOutcome(ms.stream.remote_peer, remote_step, ms.bytes_sent, ms.bytes_received,
                            t_receipt, ledger_s)

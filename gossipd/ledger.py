@@ -123,10 +123,11 @@ def encode_record(seed: bytes | Signer, seq: int, prev: bytes, kind: str, time_m
                                  "data": data}, use_bin_type=True)
     if len(body) > MAX_BODY:
         raise ValueError(f"ledger record of {len(body)} bytes exceeds {MAX_BODY}")
-    h = record_hash(prev, body)
+    digest = body_digest(body)
+    h = link(prev, digest)
     sig = seed.sign(h) if isinstance(seed, Signer) else sign(seed, h)
     return (_LEN.pack(len(body)) + body + h + sig,
-            Record(seq, prev, kind, time_ms, data, h, sig, body_digest(body)))
+            Record(seq, prev, kind, time_ms, data, h, sig, digest))
 
 
 def _decode_body(body: bytes, where: str) -> tuple[int, bytes, str, int, dict[str, Any]]:
@@ -268,8 +269,9 @@ class Ledger:
     """This node's ledger: opened (and repaired) at start, appended to as the node works.
 
     Memory stays bounded however long the node runs: only the head, the last record of each
-    kind and the body digests of the newest KEEP_DIGESTS records are held; `read()` gets the
-    records from the file (in a worker thread when the event loop is running)."""
+    kind and the body digests of the newest KEEP_DIGESTS records (up to twice that many
+    between trims) are held; `read()` gets the records from the file (in a worker thread when
+    the event loop is running)."""
 
     def __init__(self, path: Path, seed: bytes, peer_id_bytes: bytes) -> None:
         self.path = path
@@ -327,7 +329,8 @@ class Ledger:
             self._head = (rec.seq, rec.hash)
             self.last_of_kind[kind] = rec
             self._digests.append(rec.digest)
-            del self._digests[:-KEEP_DIGESTS]
+            if len(self._digests) >= 2 * KEEP_DIGESTS:  # trimmed now and then, not per record
+                del self._digests[:-KEEP_DIGESTS]
         if fsync:
             self.sync()
         return rec

@@ -9,13 +9,18 @@ Rules:
   followed by a `refused` record when this node did not merge the peer's parameters.
 - `lineage()` summarises the ledger for `gossipctl provenance`: contributing peers with their
   exchange and sample counts, the latest exchanges, data and checkpoints.
-- Records are written on the event loop the moment they exist (one small write each, no
-  fsync: a killed process loses nothing written, and a torn last record is cut at the next
-  start); a worker thread fsyncs behind them within FSYNC_INTERVAL_S, one fsync for
-  everything written meanwhile (group commit), and moves the durable head, which is the head
-  the node shows peers. So the
-  disk's latency never sits on an exchange's path, and a power cut can only take back records
-  no peer has seen a head of. `append` (checkpoint records) and `flush` wait for the fsync.
+- An exchange only queues its receipt (`record_receipt_soon`, a few microseconds): the event
+  loop writes it right after the exchange's task yields (`run_sync_soon`: the next turn of the
+  loop, typically while this node waits on the network), so signing and writing the record
+  (~45 us) is never part of an exchange's time. What a kill can take back is what it can take
+  back mid-append: the record of the exchange that just ended, before that next turn.
+- Each write is one small write of a whole record, no fsync: a killed process loses nothing
+  written, and a torn last record is cut at the next start. A worker thread fsyncs behind the
+  writes within FSYNC_INTERVAL_S, one fsync for everything written meanwhile (group commit),
+  and moves the durable head, which is the head the node shows peers. So the disk's latency
+  never sits on an exchange's path, and a power cut can only take back records no peer has
+  seen a head of. `append` (checkpoint records) and `flush` write what is queued first, then
+  wait for the fsync; `close` writes it too.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ import trio
 from gossipd.ledger import Ledger, Record
 from protocol.crypto import ed25519_public_key_from_peer_id
 from protocol.receipt import ReceiptBody
+
+# A receipt waiting for its write: the receipt, its parsed body, why it was refused (or None).
+_Queued = tuple[dict[str, bytes], ReceiptBody, str | None]
 
 MAX_KEYS = 4096  # peer keys remembered (more members than that: the cache starts over)
 # Records written are fsync'd within this long (at once for `append`/`flush`): the most a power
@@ -71,6 +79,10 @@ class Provenance:
         self._closing = False
         self._thread: threading.Thread | None = None
         self.write_errors = 0
+        self._queued: list[_Queued] = []
+        # What writing receipts has cost the event loop: seconds in all, and records written.
+        self.write_s = 0.0
+        self.records_written = 0
         self._keys: dict[bytes, bytes] = {}
         # The last ledger head each peer showed us, as our own receipts recorded it.
         self._heads: dict[bytes, tuple[int, bytes]] = {}
@@ -99,26 +111,55 @@ class Provenance:
             key = self._keys[peer] = ed25519_public_key_from_peer_id(peer)
         return key
 
-    def record_receipt_soon(self, receipt: dict[str, bytes], refused: str | None = None
-                            ) -> None:
-        """Write a doubly signed receipt (and, when we did not merge the peer's parameters, a
-        `refused` record saying why) now; the fsync follows in the worker thread. A write that
-        fails is logged and counted: the exchange itself is done."""
-        body = ReceiptBody.from_bytes(receipt["body"])
-        self._remember(body)
+    def record_receipt_soon(self, receipt: dict[str, bytes], refused: str | None = None,
+                            body: ReceiptBody | None = None) -> None:
+        """Queue a doubly signed receipt (and, when we did not merge the peer's parameters, a
+        `refused` record saying why) for the event loop's next turn (`write_queued`); `body`
+        is the receipt's parsed body when the caller has it. Without a running event loop (a
+        tool, a test) it is written at once. The fsync follows in the worker thread."""
+        parsed = ReceiptBody.from_bytes(receipt["body"]) if body is None else body
+        self._remember(parsed)  # at once: the next exchange with this peer checks against it
+        self._queued.append((receipt, parsed, refused))
         try:
-            self.ledger.append("receipt", dict(receipt), fsync=False)
-            if refused is not None:
-                self.ledger.append("refused", {"exchange_id": body.exchange_id,
-                                               "reason": refused[:200]}, fsync=False)
-        except OSError as exc:
-            self.write_errors += 1
-            log.error("ledger %s: could not append a receipt: %s", self.ledger.path, exc)
+            token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            self.write_queued()
             return
-        self._sync_soon(None)
+        token.run_sync_soon(self.write_queued, idempotent=True)  # one call for a burst
+
+    def write_queued(self) -> None:
+        """Write every queued receipt, one record each (plus its `refused` record). Runs as a
+        callback of the event loop, so nothing may escape: a write that fails is logged and
+        counted, and the exchange itself is done."""
+        if not self._queued:
+            return
+        started = time.perf_counter()
+        queued, self._queued = self._queued, []
+        written = 0
+        for receipt, body, refused in queued:
+            try:
+                self.ledger.append("receipt", dict(receipt), fsync=False)
+                written += 1
+                if refused is not None:
+                    self.ledger.append("refused", {"exchange_id": body.exchange_id,
+                                                   "reason": refused[:200]}, fsync=False)
+                    written += 1
+            except Exception as exc:  # OSError (disk full, file closed), or worse: never raise
+                self.write_errors += 1
+                log.error("ledger %s: could not append a receipt: %s", self.ledger.path, exc)
+        self.records_written += written
+        self.write_s += time.perf_counter() - started
+        if written:
+            try:
+                self._sync_soon(None)
+            except Exception as exc:  # e.g. no thread could be started: logged, not raised
+                self.write_errors += 1
+                log.error("ledger %s: could not schedule the fsync: %s", self.ledger.path, exc)
 
     async def append(self, kind: str, data: dict[str, Any]) -> Record:
-        """Append one record; returns once it is on disk (fsync'd)."""
+        """Append one record (after the queued receipts); returns once it is on disk
+        (fsync'd)."""
+        self.write_queued()
         try:
             rec = self.ledger.append(kind, data, fsync=False)
         except OSError:
@@ -128,7 +169,8 @@ class Provenance:
         return rec
 
     async def flush(self) -> None:
-        """Wait until every record written so far is fsync'd."""
+        """Write what is queued, then wait until every record written is fsync'd."""
+        self.write_queued()
         with self._cond:
             if (not self._dirty and not self._syncing
                     and self.ledger.durable_head[0] >= self.ledger.head[0]):
@@ -184,7 +226,8 @@ class Provenance:
                 waiter.done(error)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Let the fsync thread finish what was written (bounded), then close the file."""
+        """Write what is queued, let the fsync thread finish (bounded), close the file."""
+        self.write_queued()
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -204,6 +247,7 @@ class Provenance:
 
     async def lineage(self, peer_names: dict[bytes, str], latest: int = 20) -> dict[str, Any]:
         """The summary of `gossipctl provenance`; reads the ledger file in a worker thread."""
+        self.write_queued()
         return await trio.to_thread.run_sync(self._lineage, peer_names, latest,
                                              limiter=self._limiter)
 

@@ -82,8 +82,9 @@ def announce(provenance: Provenance, remote_peer: bytes, samples: int,
                                     params_hash=sent_hash), seen)
 
 
-def receipt_body(facts: ExchangeFacts, mine: ReceiptInfo, theirs: ReceiptInfo) -> bytes:
-    """The canonical receipt bytes both sides build from the facts and the two ReceiptInfos."""
+def receipt_body(facts: ExchangeFacts, mine: ReceiptInfo, theirs: ReceiptInfo) -> ReceiptBody:
+    """The receipt both sides build from the facts and the two ReceiptInfos (its to_bytes()
+    are the canonical bytes both sign)."""
     ini, res = (mine, theirs) if facts.initiator else (theirs, mine)
     ids = (facts.local_peer, facts.remote_peer) if facts.initiator \
         else (facts.remote_peer, facts.local_peer)
@@ -92,7 +93,7 @@ def receipt_body(facts: ExchangeFacts, mine: ReceiptInfo, theirs: ReceiptInfo) -
     return ReceiptBody(facts.exchange_id, ids[0], ids[1], facts.time_ms, steps[0], steps[1],
                        ini.params_hash, res.params_hash, ALGORITHM, COMPRESSION, ini.samples,
                        res.samples, (ini.head_seq, ini.head_hash),
-                       (res.head_seq, res.head_hash)).to_bytes()
+                       (res.head_seq, res.head_hash))
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Signing:
     """One exchange's receipt, once both Hellos are in: the bytes, our ReceiptSig to send."""
 
     facts: ExchangeFacts
+    fields: ReceiptBody  # parsed, so the ledger need not parse `body` again
     body: bytes
     my_sig: bytes
     message: bytes  # our encoded ReceiptSig
@@ -117,11 +119,12 @@ def sign(facts: ExchangeFacts, provenance: Provenance, mine: Announcement,
     head the peer last saw, up to the head we announced (other exchanges may have appended
     since). None from digests_since: the peer last saw us more than KEEP_DIGESTS records ago;
     it gets none and cannot check."""
-    body = receipt_body(facts, mine.info, theirs)
+    fields = receipt_body(facts, mine.info, theirs)
+    body = fields.to_bytes()
     digests = provenance.ledger.digests_since(theirs.seen_seq, upto=mine.info.head_seq) or []
     my_sig = provenance.ledger.signer.sign(receipt_digest(body))  # the node's identity key
-    return Signing(facts, body, my_sig, encode_message(ReceiptSig(sig=my_sig, digests=digests)),
-                   provenance.peer_key(facts.remote_peer))
+    message = encode_message(ReceiptSig(sig=my_sig, digests=digests))
+    return Signing(facts, fields, body, my_sig, message, provenance.peer_key(facts.remote_peer))
 
 
 def check_signature(signing: Signing, reply: Message, mine: Announcement,

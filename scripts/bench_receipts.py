@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Cost of exchange receipts: gossipd's averaging exchange with provenance on and off, side by
-side in one run, per model size.
+"""Cost of exchange receipts and of the ledger: gossipd's averaging exchange with provenance
+off, with receipts but no ledger records, and with both, side by side in one run, per model
+size.
 
     scripts/bench_receipts.py [--params 4810,100000,1000000,10000000] [--rounds 5]
                               [--delay-ms D] [--json]
@@ -9,20 +10,24 @@ Two OS processes on 127.0.0.1 (this one initiates, a peer it starts with `--serv
 one libp2p connection (TCP + Noise + yamux), gossipd.exchange.initiate/respond as the daemon
 runs them, synthetic float32 parameters (scripts/bench_exchange.py's). "on": both nodes keep a
 ledger (gossipd.ledger in a fresh directory on the --dir file system, fsync included) and every
-exchange carries the receipt (signed by both, verified, appended); "off": no provenance. The
-two modes alternate in blocks of --block exchanges (fewer for large models), --rounds times, in
-the same warm processes, so load on the machine falls on both alike. `--delay-ms D` puts a delay
+exchange carries the receipt (signed by both, verified, appended); "receipts": the same
+receipts, signed, swapped and checked, but no record written (the ledger's heads stay put);
+"off": no provenance. The three modes take turns in blocks of --block exchanges (fewer for
+large models), --rounds times, in the same warm processes, so load on the machine falls on all
+alike. `--delay-ms D` puts a delay
 line between the two (scripts/delay_line.py, a relay in a third process that holds every byte D
 ms each way, no bandwidth limit): a link with a round trip of 2D ms, as between machines, which
 loopback is not.
 
-Per size: the median wall time of initiate() in each mode, the difference (what receipts
-cost), that difference as a share of the exchange without receipts, the ratio on/off, the
-initiator's own receipt_s (ExchangeOutcome: the receipt work that is not hidden behind the
-parameter stream) and ledger_s (the ledger's part: writing and signing its record; the fsync
-runs in a thread, off the path), the mean of it and its share of the exchange without
-receipts. The acceptance target is a cost under 1% of exchange time; the last line
-names the smallest measured size that meets it.
+Per size: the median wall time of initiate() in each mode; what provenance as a whole costs
+(on - off) and its share of the exchange without it; the initiator's receipt_s (ExchangeOutcome:
+the receipt work not hidden behind the parameter stream); and the ledger's cost three ways:
+on - receipts (the exchange with its ledger against the same exchange without), the ledger's
+time on the exchange's path (ExchangeOutcome.ledger_s: queueing the record), and the event
+loop's time writing records (Provenance.write_s per exchange, on both peers: signing and
+writing, done after the exchange; the fsync runs in a thread). Shares are of the "receipts"
+exchange time. The acceptance target is under 1% of exchange time; the last lines say where
+it is met.
 Exit 0 (a measurement); 1 when an exchange failed or ended at the wrong parameters.
 """
 
@@ -86,6 +91,24 @@ def open_ledger(directory: Path, host: Libp2pTransport, seed: bytes) -> Provenan
 # ------------------------------------------------------------------ the peer process
 
 
+class ReceiptsOnly(Provenance):
+    """The "receipts" mode: receipts signed, swapped and checked as with provenance on (same
+    ledger heads in the Hellos), but never written, so "on" minus this is what the ledger
+    costs an exchange."""
+
+    def record_receipt_soon(self, receipt: dict[str, bytes], refused: str | None = None,
+                            body: Any = None) -> None:
+        pass
+
+
+def providers(ledger: Provenance) -> dict[str, Provenance | None]:
+    """The provenance each mode runs with (one ledger under both)."""
+    return {"off": None, "receipts": ReceiptsOnly(ledger.ledger), "on": ledger}
+
+
+MODES = ("off", "receipts", "on")
+
+
 @dataclasses.dataclass
 class ServedModel(StaticModel):
     """The responder's model: keeps every merged vector (exchanges may overlap: the initiator
@@ -102,17 +125,17 @@ class ServedModel(StaticModel):
 
 async def serve(directory: Path) -> None:
     """The responder: serves exchanges of the current model, with or without its ledger."""
-    state: dict[str, Any] = {"model": None, "receipts": False, "errors": []}
+    state: dict[str, Any] = {"model": None, "mode": "off", "errors": []}
     async with open_transport(SEEDS[1], LOOPBACK) as host, trio.open_nursery() as nursery:
         provenance = open_ledger(directory, host, SEEDS[1])
+        modes = providers(provenance)
 
         async def on_stream(stream: Stream) -> None:
             model: StaticModel | None = state["model"]
             try:
                 if model is None:
                     raise RuntimeError("no model configured")
-                local = local_model(model, host, SEEDS[1],
-                                    provenance if state["receipts"] else None)
+                local = local_model(model, host, SEEDS[1], modes[state["mode"]])
                 await exchange.respond(host, stream, local, EXCHANGE_TIMEOUT_S,
                                        exchange.ByteCounter())
             except Exception as exc:  # reported to the initiator, which fails the run
@@ -127,14 +150,16 @@ async def serve(directory: Path) -> None:
             if op == "model":
                 state["model"] = ServedModel(bench_params(int(cmd["n"]), 1))
                 emit({"ok": True})
-            elif op == "receipts":
-                state["receipts"] = bool(cmd["on"])
+            elif op == "mode":
+                state["mode"] = str(cmd["mode"])
                 emit({"ok": True})
             elif op == "result":  # after a block: what the responder saw, then forgotten
                 await trio.sleep(0.05)  # the last respond() may still be closing its stream
                 served: ServedModel = state["model"]
+                provenance.write_queued()
                 emit({"errors": state["errors"], "digests": [digest(m) for m in served.kept],
-                      "ledger_records": len(provenance.ledger)})
+                      "ledger_records": len(provenance.ledger),
+                      "write_s": provenance.write_s})
                 state["errors"], served.kept = [], []
             elif op == "quit":
                 await provenance.flush()
@@ -168,15 +193,20 @@ async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: P
     await peer.call(op="model", n=num_params)
     model = StaticModel(bench_params(num_params, 0))
     expect = expected_digest(num_params)
-    times: dict[str, list[float]] = {"off": [], "on": []}
+    modes = providers(provenance)
+    times: dict[str, list[float]] = {m: [] for m in MODES}
     receipt_s: list[float] = []
     ledger_s: list[float] = []
+    written = {"initiator": 0.0, "responder": 0.0}  # write_s in counted "on" blocks
     errors: list[str] = []
     k = block_size(num_params, block)
-    for i in range(rounds + 1):  # round 0 warms both modes up and is not counted
-        for mode in ("off", "on") if i % 2 else ("on", "off"):
-            await peer.call(op="receipts", on=mode == "on")
-            local = local_model(model, host, SEEDS[0], provenance if mode == "on" else None)
+    for i in range(rounds + 1):  # round 0 warms every mode up and is not counted
+        for j in range(len(MODES)):
+            mode = MODES[(i + j) % len(MODES)]  # each mode leads in turn
+            await peer.call(op="mode", mode=mode)
+            local = local_model(model, host, SEEDS[0], modes[mode])
+            seen_before = await peer.call(op="result")
+            write_before = provenance.write_s
             for _ in range(k):
                 t0 = time.perf_counter()
                 try:
@@ -193,20 +223,29 @@ async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: P
                     if mode == "on":
                         receipt_s.append(outcome.receipt_s)
                         ledger_s.append(outcome.ledger_s)
+            provenance.write_queued()
             seen = await peer.call(op="result")
+            if i > 0 and mode == "on":
+                written["initiator"] += provenance.write_s - write_before
+                written["responder"] += seen["write_s"] - seen_before["write_s"]
             errors += [f"{mode} (responder): {e}" for e in seen["errors"]]
             errors += [f"{mode} (responder): parameters differ from the pair's mean"
                        for d in seen["digests"] if d != expect]
             if len(seen["digests"]) != k:
                 errors.append(f"{mode} (responder): {len(seen['digests'])} merges, not {k}")
-    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    off, rec, on = (statistics.median(times[m]) for m in MODES)
+    n_on = len(times["on"])
+    write_ms = {side: w / n_on * 1e3 for side, w in written.items()} if n_on else {}
     return {
-        "num_params": num_params, "mib": 4 * num_params / (1 << 20), "exchanges": len(times["on"]),
-        "off_ms": off * 1e3, "on_ms": on * 1e3, "cost_ms": (on - off) * 1e3,
-        "cost_share": (on - off) / off, "ratio": on / off,
+        "num_params": num_params, "mib": 4 * num_params / (1 << 20), "exchanges": n_on,
+        "off_ms": off * 1e3, "receipts_ms": rec * 1e3, "on_ms": on * 1e3,
+        "cost_ms": (on - off) * 1e3, "cost_share": (on - off) / off, "ratio": on / off,
         "receipt_s_ms": statistics.median(receipt_s) * 1e3 if receipt_s else None,
-        "ledger_ms": statistics.mean(ledger_s) * 1e3 if ledger_s else None,
-        "ledger_share": statistics.mean(ledger_s) / off if ledger_s else None,
+        "ledger_cost_ms": (on - rec) * 1e3, "ledger_cost_share": (on - rec) / rec,
+        "ledger_path_ms": statistics.mean(ledger_s) * 1e3 if ledger_s else None,
+        "ledger_path_share": statistics.mean(ledger_s) / rec if ledger_s else None,
+        "ledger_write_ms": write_ms,
+        "ledger_write_share": max(write_ms.values()) / (rec * 1e3) if write_ms else None,
         "ok": not errors, "errors": errors[:10],
     }
 
@@ -249,32 +288,44 @@ async def bench(args: argparse.Namespace, directory: Path) -> list[dict[str, Any
     return rows
 
 
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.2f}%"
+
+
 def print_table(rows: list[dict[str, Any]], directory: str, delay_ms: float) -> None:
     link = f"delay line {delay_ms:g} ms each way" if delay_ms > 0 else "loopback"
-    print(f"# receipts on vs off, medians; {link}; ledgers under {directory}")
-    print(f"{'params':>10}  {'MiB':>7}  {'n':>4}  {'off ms':>8}  {'on ms':>8}  {'cost ms':>8}  "
-          f"{'cost %':>7}  {'on/off':>6}  {'receipt_s ms':>12}  {'ledger ms':>9}  {'ledger %':>8}")
+    print(f"# provenance off / receipts only / receipts + ledger, medians; {link}; "
+          f"ledgers under {directory}")
+    print(f"{'params':>10}  {'n':>4}  {'off ms':>8}  {'rcpt ms':>8}  {'on ms':>8}  "
+          f"{'cost %':>7}  {'receipt_s':>9}  {'ledger ms':>9}  {'ledger %':>8}  "
+          f"{'path us':>7}  {'path %':>6}  {'write us i/r':>12}  {'write %':>7}")
     for r in rows:
         rs = "-" if r["receipt_s_ms"] is None else f"{r['receipt_s_ms']:.3f}"
-        lm = "-" if r["ledger_ms"] is None else f"{r['ledger_ms']:.3f}"
-        lp = "-" if r["ledger_share"] is None else f"{100 * r['ledger_share']:.2f}%"
-        print(f"{r['num_params']:>10}  {r['mib']:>7.3f}  {r['exchanges']:>4}  "
-              f"{r['off_ms']:>8.2f}  {r['on_ms']:>8.2f}  {r['cost_ms']:>8.3f}  "
-              f"{100 * r['cost_share']:>6.2f}%  {r['ratio']:>6.3f}  {rs:>12}  {lm:>9}  {lp:>8}")
+        path = "-" if r["ledger_path_ms"] is None else f"{1e3 * r['ledger_path_ms']:.1f}"
+        w = r["ledger_write_ms"]
+        write = (f"{1e3 * w['initiator']:.0f}/{1e3 * w['responder']:.0f}" if w else "-")
+        print(f"{r['num_params']:>10}  {r['exchanges']:>4}  {r['off_ms']:>8.2f}  "
+              f"{r['receipts_ms']:>8.2f}  {r['on_ms']:>8.2f}  {_pct(r['cost_share']):>7}  "
+              f"{rs:>9}  {r['ledger_cost_ms']:>9.3f}  {_pct(r['ledger_cost_share']):>8}  "
+              f"{path:>7}  {_pct(r['ledger_path_share']):>6}  {write:>12}  "
+              f"{_pct(r['ledger_write_share']):>7}")
     # "From N on": N and every larger size measured meet it (a single noisy size does not).
     from_on = None
     for r in sorted(rows, key=lambda r: -r["num_params"]):
         if r["cost_share"] >= TARGET_SHARE:
             break
         from_on = r["num_params"]
-    print(f"target cost < {100 * TARGET_SHARE:g}% of exchange time: "
-          + (f"met from {from_on} params on (of those measured)" if from_on is not None else
-             "not met at the largest measured size"))
-    worst = max((r["ledger_share"] for r in rows if r["ledger_share"] is not None), default=None)
-    if worst is not None:
-        print(f"the ledger's part (its record written on the exchange's path; the fsync is off "
-              f"it): at most {100 * worst:.2f}% of exchange time"
-              + (" (under 1%)" if worst < TARGET_SHARE else " (1% or more)"))
+    print(f"provenance as a whole (receipts + ledger) under {100 * TARGET_SHARE:g}% of exchange "
+          "time: " + (f"from {from_on} params on (of those measured)" if from_on is not None
+                      else "not at the largest measured size"))
+    for key, what in (("ledger_cost_share", "the ledger, on - receipts"),
+                      ("ledger_path_share", "the ledger on the exchange's path"),
+                      ("ledger_write_share", "the ledger's record writing, after the exchange")):
+        shares = [r[key] for r in rows if r[key] is not None]
+        if shares:
+            worst = max(shares)
+            print(f"{what}: at most {100 * worst:.2f}% of exchange time"
+                  + (" (under 1%)" if worst < TARGET_SHARE else " (1% or more)"))
 
 
 def _params(text: str) -> list[int]:

@@ -142,9 +142,9 @@ def test_memory_is_bounded_and_old_digests_are_refused(tmp_path: Path) -> None:
     from gossipd import ledger as ledger_mod
 
     ledger = Ledger(tmp_path / "ledger.bin", SEED_A, ID_A)
-    for i in range(ledger_mod.KEEP_DIGESTS + 10):
+    for i in range(2 * ledger_mod.KEEP_DIGESTS + 10):
         ledger.append("checkpoint", {"step": i, "params_hash": bytes(32)})
-    assert len(ledger._digests) == ledger_mod.KEEP_DIGESTS
+    assert ledger_mod.KEEP_DIGESTS <= len(ledger._digests) < 2 * ledger_mod.KEEP_DIGESTS
     assert ledger.digests_since(0) is None  # too old to prove
     recent = ledger.digests_since(len(ledger) - 3)
     assert recent is not None and len(recent) == 2

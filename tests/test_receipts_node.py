@@ -19,7 +19,7 @@ from gossipd import exchange, param_hashes
 from gossipd.cli import render_provenance
 from gossipd.config import AveragingConfig, Config, NetworkConfig, TrainConfig
 from gossipd.daemon import Node
-from gossipd.ledger import Ledger, verify_file
+from gossipd.ledger import ZERO, Ledger, verify_file
 from gossipd.netapi import TransportError
 from gossipd.provenance import Provenance
 from gossipd.runner import ModelRunner
@@ -226,9 +226,10 @@ async def test_hashes_worked_out_while_streaming_are_the_receipts(
 
 async def test_the_ledger_is_fsynced_off_the_exchange_path(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The exchange writes its receipt (a killed process keeps it: reopening the file right away
-    finds it whole) and returns without waiting for the disk; the worker thread fsyncs, and
-    only then does the durable head, the one the node announces, move."""
+    """The exchange's receipt is written on the loop's next turn (a killed process keeps it
+    then: reopening the file right away finds it whole) without waiting for the disk; the
+    worker thread fsyncs, and only then does the durable head, the one the node announces,
+    move."""
     net = MemoryNetwork()
     a, b = node(net, "a", 0.0, tmp_path / "a"), node(net, "b", 1.0, tmp_path / "b")
     assert a.provenance is not None
@@ -255,6 +256,58 @@ async def test_the_ledger_is_fsynced_off_the_exchange_path(
     gate.set()
     await flush(a, b)
     assert a.provenance.ledger.durable_head == a.provenance.ledger.head
+
+
+def fake_receipt(me: bytes, peer: bytes, peer_head: tuple[int, bytes]
+                 ) -> tuple[dict[str, bytes], ReceiptBody]:
+    body = ReceiptBody(bytes(16), me, peer, 1, 2, 3, bytes(32), bytes(32), "gossip-sgd", "none",
+                       1, 1, (0, bytes(32)), peer_head)
+    return {"body": body.to_bytes(), "initiator_sig": bytes(64),
+            "responder_sig": bytes(64)}, body
+
+
+async def turns(prov: Provenance, written: int) -> None:
+    """Let the event loop take a few turns, until `written` records are written."""
+    for _ in range(50):
+        if prov.records_written >= written:
+            return
+        await trio.sleep(0)
+
+
+async def test_an_exchange_only_queues_its_receipt(tmp_path: Path) -> None:
+    """record_receipt_soon writes nothing on the exchange's path: the peer's head is
+    remembered at once, the record is signed and written on the loop's next turn; a write
+    that fails there is counted and the loop goes on. Without an event loop it writes at once."""
+    net = MemoryNetwork()
+    a = node(net, "a", 0.0, tmp_path / "a")
+    prov = a.provenance
+    assert prov is not None
+    me, peer = prov.ledger.peer_id_bytes, b"\x00\x24" + bytes(36)
+    receipt, body = fake_receipt(me, peer, (5, b"\x01" * 32))
+    before = len(prov.ledger)
+    prov.record_receipt_soon(receipt, refused="parameters refused: too far", body=body)
+    assert len(prov.ledger) == before and prov.records_written == 0  # only queued
+    assert prov.peer_head(peer) == (5, b"\x01" * 32)
+    await turns(prov, 2)
+    kinds = [r.kind for r in prov.ledger.read()][before:]
+    assert kinds == ["receipt", "refused"] and prov.records_written == 2 and prov.write_s > 0
+    await prov.flush()
+    assert prov.ledger.durable_head == prov.ledger.head
+    prov.ledger.close()  # the next write fails (EBADF) on the loop's turn: counted, not raised
+    prov.record_receipt_soon(receipt, body=body)
+    for _ in range(20):
+        await trio.sleep(0)
+    assert prov.write_errors == 1 and prov.records_written == 2
+
+
+def test_without_an_event_loop_a_receipt_is_written_at_once(tmp_path: Path) -> None:
+    from tests.test_ledger import ID_A, SEED_A
+
+    prov = Provenance(Ledger(tmp_path / "ledger.bin", SEED_A, ID_A))
+    receipt, _ = fake_receipt(prov.ledger.peer_id_bytes, b"\x00\x24" + bytes(36), (0, ZERO))
+    prov.record_receipt_soon(receipt)  # parses the body itself
+    assert [r.kind for r in prov.ledger.read()][-1] == "receipt"
+    prov.close()
 
 
 async def test_the_fsync_thread_groups_and_reports_errors(tmp_path: Path) -> None:
