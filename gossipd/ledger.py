@@ -5,12 +5,21 @@ Record layout on disk (all integers big-endian):
     u32(len(body)) || body || hash[32] || sig[64]
     body = msgpack {"seq": int, "prev": bin[32], "kind": str, "time_ms": int, "data": map}
     hash = BLAKE2b-256(person="gossipd/ledger\\0\\0", data=prev || BLAKE2b-256(body))
-    sig  = Ed25519 signature of the node's identity key over hash
+    sig  = Ed25519 signature of the node's identity key over hash, or 64 zero bytes (unsigned)
 
 Rules:
 - Record 0 is `genesis` (prev = 32 zero bytes) and names the node; every later record's `prev`
   is the previous record's hash and its `seq` is one more. Changing, removing, reordering or
   inserting a record breaks a link or a signature; `verify_file` names the first bad record.
+- Group signing: receipt records are written unsigned (signing is half a record's cost, and an
+  exchange writes one), and `sync` seals them: before each fsync, when the last record is
+  unsigned, it appends a signed `seal` record, whose signature covers every record before it
+  through the chain. So the last record of a ledger is always signed when synced, a durable
+  (announced) head is always signed, and verification refuses a ledger whose last record is
+  not. A killed process leaves an unsigned tail (nothing written is lost); the next start
+  checks the links and the last signature and seals it. Until then those records are as safe
+  as the file: at most FSYNC_INTERVAL_S of them (gossipd/provenance.py), the ones a power
+  cut could take back anyway. Genesis, data and checkpoint records are signed as written.
 - Hashing the body's digest rather than the body lets a node prove to a peer that its ledger
   only grew since the head the peer last saw: it sends the body digests of the newer records and
   the peer folds them onto the old head (`fold`); a rewritten history cannot reach the new head.
@@ -23,10 +32,16 @@ Rules:
 - Kinds: genesis, receipt (an exchange receipt signed by both peers: protocol/receipt.py),
   checkpoint (parameter hash and step), data (hash of the local data set and task config),
   peer-head (a peer's ledger head as the peer itself signed it), refused (right after a
-  receipt whose parameters this node did not merge: the exchange id and why).
-- File I/O: the daemon appends on the event loop (one small write, no fsync: tens of
-  microseconds) and fsyncs from a worker thread (gossipd/provenance.py); reads happen at start
-  and for `gossipctl provenance`. The state both touch (heads, digests) is guarded by a lock.
+  receipt whose parameters this node did not merge: the exchange id and why), seal (no data:
+  its signature signs the records before it).
+- File I/O: the daemon appends on the event loop (one small write, no fsync: ~10-30
+  microseconds unsigned) and seals and fsyncs from a worker thread (gossipd/provenance.py);
+  reads happen at start and for `gossipctl provenance`. Appends (the loop's, the thread's
+  seal) take the write lock; the state both read (heads, digests) is guarded by a lock.
+- Bytes per exchange: one receipt record (~660 bytes: a fixed-size receipt body and two
+  signatures), plus at most ~390 for a `refused` record (reason cut at 200 characters) when
+  the peer's vector was not merged, plus at most one seal (182 bytes), and seals come at most
+  once every FSYNC_INTERVAL_S however fast exchanges are.
 """
 
 from __future__ import annotations
@@ -56,7 +71,8 @@ from protocol.framing import safe_unpackb
 FILE_NAME = "ledger.bin"
 PERSON = b"gossipd/ledger\x00\x00"
 ZERO = bytes(32)
-KINDS = ("genesis", "receipt", "checkpoint", "data", "peer-head", "refused")
+KINDS = ("genesis", "receipt", "checkpoint", "data", "peer-head", "refused", "seal")
+UNSIGNED = bytes(64)  # the sig of a record that a later signed record covers
 MAX_BODY = 64 * 1024
 _LEN = struct.Struct(">I")
 _TAIL = 32 + 64
@@ -78,6 +94,10 @@ class Record:
     hash: bytes
     sig: bytes
     digest: bytes  # BLAKE2b-256 of the body
+
+    @property
+    def signed(self) -> bool:
+        return self.sig != UNSIGNED
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "prev": self.prev.hex(), "kind": self.kind,
@@ -113,10 +133,10 @@ def fold(head: bytes, digests: list[bytes]) -> bytes:
     return head
 
 
-def encode_record(seed: bytes | Signer, seq: int, prev: bytes, kind: str, time_ms: int,
+def encode_record(seed: bytes | Signer | None, seq: int, prev: bytes, kind: str, time_ms: int,
                   data: dict[str, Any]) -> tuple[bytes, Record]:
     """The bytes to append for one new record, and the record (signed with the identity seed,
-    or faster with a Signer made of it)."""
+    or faster with a Signer made of it; None: unsigned, for a later seal to cover)."""
     if kind not in KINDS:
         raise ValueError(f"unknown ledger record kind {kind!r}")
     body: bytes = msgpack.packb({"seq": seq, "prev": prev, "kind": kind, "time_ms": time_ms,
@@ -125,7 +145,8 @@ def encode_record(seed: bytes | Signer, seq: int, prev: bytes, kind: str, time_m
         raise ValueError(f"ledger record of {len(body)} bytes exceeds {MAX_BODY}")
     digest = body_digest(body)
     h = link(prev, digest)
-    sig = seed.sign(h) if isinstance(seed, Signer) else sign(seed, h)
+    sig = (UNSIGNED if seed is None else seed.sign(h) if isinstance(seed, Signer)
+           else sign(seed, h))
     return (_LEN.pack(len(body)) + body + h + sig,
             Record(seq, prev, kind, time_ms, data, h, sig, digest))
 
@@ -199,19 +220,39 @@ def _check_links(records: list[Record]) -> None:
         prev = rec.hash
 
 
+def _last_signed(records: list[Record]) -> int:
+    """Index of the last signed record (genesis always is)."""
+    for i in range(len(records) - 1, -1, -1):
+        if records[i].signed:
+            return i
+    raise LedgerError("record 0: genesis is not signed")
+
+
 def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) -> None:
     """Links, sequence numbers and every signature of a whole ledger, genesis first, and both
-    signatures of every receipt; LedgerError naming the first record that fails. The signer is
-    the peer named in genesis (or `peer_id_bytes` when given, which genesis must then match)."""
+    signatures of every receipt; LedgerError naming the first record that fails. Unsigned
+    records are covered by the next signed one (through the chain); the last must be signed.
+    The signer is the peer named in genesis (or `peer_id_bytes` when given, which genesis must
+    then match)."""
     from protocol.receipt import verify_receipt
 
     key = _owner_key(records, peer_id_bytes)
     _check_links(records)
+    last = _last_signed(records)
+    if last != len(records) - 1:
+        raise LedgerError(
+            f"records {last + 1}-{len(records) - 1} are not sealed: nothing signed covers them "
+            f"(appended without the owner's key, or copied from a running node less than "
+            f"a second after they were written: copy it again, or stop the node first)")
     for i, rec in enumerate(records):
-        try:
-            verify(key, rec.hash, rec.sig)
-        except AuthenticationError:
-            raise LedgerError(f"record {i}: bad signature (forged or altered)") from None
+        if not rec.signed:
+            if rec.kind in ("genesis", "seal"):
+                raise LedgerError(f"record {i}: an unsigned {rec.kind} record")
+        else:
+            try:
+                verify(key, rec.hash, rec.sig)
+            except AuthenticationError:
+                raise LedgerError(f"record {i}: bad signature (forged or altered)") from None
         if rec.kind == "receipt":
             try:
                 verify_receipt(rec.data)
@@ -221,15 +262,17 @@ def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) ->
 
 def verify_own(records: list[Record], peer_id_bytes: bytes) -> None:
     """What a node checks of its own ledger at start: every link, and the signature of the
-    last record. The last hash commits to every record before it, so a record changed without
-    the key breaks a link or that signature; re-checking every signature (and receipt, checked
-    when it was received) would make a start cost grow with the ledger."""
+    last signed record. Its hash commits to every record before it, so a record changed
+    without the key breaks a link or that signature; re-checking every signature (and receipt,
+    checked when it was received) would make a start cost grow with the ledger. Unsigned
+    records after it (a killed process's tail) are the node's to seal."""
     key = _owner_key(records, peer_id_bytes)
     _check_links(records)
+    last = _last_signed(records)
     try:
-        verify(key, records[-1].hash, records[-1].sig)
+        verify(key, records[last].hash, records[last].sig)
     except AuthenticationError:
-        raise LedgerError(f"record {len(records) - 1}: bad signature") from None
+        raise LedgerError(f"record {last}: bad signature") from None
 
 
 def read_records(path: Path) -> tuple[list[Record], int]:
@@ -292,12 +335,16 @@ class Ledger:
             verify_own(records, peer_id_bytes)
         self._head = (records[-1].seq, records[-1].hash) if records else (-1, ZERO)
         self._durable = self._head
-        self._lock = threading.Lock()
+        self._sealed = not records or records[-1].signed  # the last record is signed
+        self._lock = threading.Lock()  # the state below, read from any thread
+        self._write_lock = threading.Lock()  # appends: the event loop's, the fsync thread's seal
         self.last_of_kind: dict[str, Record] = {r.kind: r for r in records}
         self._digests = [r.digest for r in records[-KEEP_DIGESTS:]]
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if not records:
             self.append("genesis", {"peer_id": peer_id_bytes})
+        elif not self._sealed:  # a killed process's unsigned tail: ours, checked, sealed now
+            self.sync()
 
     @property
     def head(self) -> tuple[int, bytes]:
@@ -316,32 +363,49 @@ class Ledger:
         return read_records(self.path)[0]
 
     def append(self, kind: str, data: dict[str, Any], time_ms: int | None = None, *,
-               fsync: bool = True) -> Record:
+               fsync: bool = True, sign: bool = True) -> Record:
         """Write one record (one write to the O_APPEND descriptor) and, unless told not to,
         fsync it. With fsync=False the record survives a killed process (the kernel has it)
-        but not a power cut until the next `sync`. One writer at a time (the caller's rule)."""
-        seq, prev = self._head[0] + 1, self._head[1]
-        now = time.time_ns() // 1_000_000 if time_ms is None else time_ms
-        raw, rec = encode_record(self.signer, seq, prev, kind, now, data)
-        os.write(self._fd, raw)
-        with self._lock:
-            self._size += len(raw)
-            self._head = (rec.seq, rec.hash)
-            self.last_of_kind[kind] = rec
-            self._digests.append(rec.digest)
-            if len(self._digests) >= 2 * KEEP_DIGESTS:  # trimmed now and then, not per record
-                del self._digests[:-KEEP_DIGESTS]
+        but not a power cut until the next `sync`; with sign=False it is written unsigned, for
+        the next `sync` to seal."""
+        with self._write_lock:
+            rec = self._append_locked(kind, data, time_ms, sign)
         if fsync:
             self.sync()
         return rec
 
+    def _append_locked(self, kind: str, data: dict[str, Any], time_ms: int | None,
+                       sign: bool) -> Record:
+        seq, prev = self._head[0] + 1, self._head[1]
+        now = time.time_ns() // 1_000_000 if time_ms is None else time_ms
+        raw, rec = encode_record(self.signer if sign else None, seq, prev, kind, now, data)
+        os.write(self._fd, raw)
+        with self._lock:
+            self._size += len(raw)
+            self._head = (rec.seq, rec.hash)
+            self._sealed = sign
+            self.last_of_kind[kind] = rec
+            self._digests.append(rec.digest)
+            if len(self._digests) >= 2 * KEEP_DIGESTS:  # trimmed now and then, not per record
+                del self._digests[:-KEEP_DIGESTS]
+        return rec
+
+    def seal(self) -> tuple[int, bytes]:
+        """Make the last record a signed one: when it is not, append a `seal` record (its
+        signature covers every record before it). Returns the head; any thread."""
+        with self._write_lock:
+            if not self._sealed:
+                self._append_locked("seal", {}, None, True)
+            return self._head
+
     def sync(self) -> tuple[int, bytes]:
-        """fsync everything written so far and move the durable head there; returns it. Safe
-        to call from another thread than the writer's (fsync covers every completed write)."""
-        head = self._head
+        """Seal and fsync everything written so far and move the durable head there; returns
+        it. Safe to call from another thread than the writer's (fsync covers every completed
+        write)."""
         fd = self._fd
         if fd < 0:  # closed: close() synced everything written
             return self._durable
+        head = self.seal()
         os.fsync(fd)
         with self._lock:
             if head[0] > self._durable[0]:
@@ -366,8 +430,9 @@ class Ledger:
         return self._size
 
     def close(self) -> None:
-        """fsync what was written and close the file."""
+        """Seal and fsync what was written and close the file."""
         if self._fd >= 0:
+            self.seal()
             fd, self._fd = self._fd, -1
             os.fsync(fd)
             os.close(fd)

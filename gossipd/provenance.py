@@ -9,11 +9,12 @@ Rules:
   followed by a `refused` record when this node did not merge the peer's parameters.
 - `lineage()` summarises the ledger for `gossipctl provenance`: contributing peers with their
   exchange and sample counts, the latest exchanges, data and checkpoints.
-- An exchange only queues its receipt (`record_receipt_soon`, a few microseconds): the event
-  loop writes it right after the exchange's task yields (`run_sync_soon`: the next turn of the
-  loop, typically while this node waits on the network), so signing and writing the record
-  (~45 us) is never part of an exchange's time. What a kill can take back is what it can take
-  back mid-append: the record of the exchange that just ended, before that next turn.
+- An exchange only queues its receipt (`record_receipt_soon`, a few microseconds) and wakes
+  the ledger's writer, a trio system task that writes it as soon as the exchange's task
+  yields (the next turn of the loop, typically while this node waits on the network), so
+  writing the record (~8-30 us, unsigned: the fsync thread's seal signs for a whole batch,
+  gossipd/ledger.py) is never part of an exchange's time. What a kill can take back is what
+  it can take back mid-append: the record of the exchange that just ended, before that turn.
 - Each write is one small write of a whole record, no fsync: a killed process loses nothing
   written, and a torn last record is cut at the next start. A worker thread fsyncs behind the
   writes within FSYNC_INTERVAL_S, one fsync for everything written meanwhile (group commit),
@@ -80,6 +81,8 @@ class Provenance:
         self._thread: threading.Thread | None = None
         self.write_errors = 0
         self._queued: list[_Queued] = []
+        self._writer_token: trio.lowlevel.TrioToken | None = None  # the run it serves
+        self._lot = trio.lowlevel.ParkingLot()  # where the writer waits for work
         # What writing receipts has cost the event loop: seconds in all, and records written.
         self.write_s = 0.0
         self.records_written = 0
@@ -114,9 +117,9 @@ class Provenance:
     def record_receipt_soon(self, receipt: dict[str, bytes], refused: str | None = None,
                             body: ReceiptBody | None = None) -> None:
         """Queue a doubly signed receipt (and, when we did not merge the peer's parameters, a
-        `refused` record saying why) for the event loop's next turn (`write_queued`); `body`
-        is the receipt's parsed body when the caller has it. Without a running event loop (a
-        tool, a test) it is written at once. The fsync follows in the worker thread."""
+        `refused` record saying why) for the ledger's writer task; `body` is the receipt's
+        parsed body when the caller has it. Without a running event loop (a tool, a test) it is
+        written at once. The fsync follows in the worker thread."""
         parsed = ReceiptBody.from_bytes(receipt["body"]) if body is None else body
         self._remember(parsed)  # at once: the next exchange with this peer checks against it
         self._queued.append((receipt, parsed, refused))
@@ -125,12 +128,24 @@ class Provenance:
         except RuntimeError:
             self.write_queued()
             return
-        token.run_sync_soon(self.write_queued, idempotent=True)  # one call for a burst
+        if token is not self._writer_token:  # first use in this run: start its writer
+            self._writer_token, self._lot = token, trio.lowlevel.ParkingLot()
+            trio.lowlevel.spawn_system_task(self._writer, self._lot,
+                                            name="gossipd.provenance.writer")
+        else:
+            self._lot.unpark_all()  # (a socket write to wake the loop would cost ~13 us)
+
+    async def _writer(self, lot: trio.lowlevel.ParkingLot) -> None:
+        """Write what is queued, then wait to be woken; as long as the run lasts (a system
+        task: cancelled when the run ends, and `close` writes what is left)."""
+        while True:
+            self.write_queued()
+            await lot.park()
 
     def write_queued(self) -> None:
-        """Write every queued receipt, one record each (plus its `refused` record). Runs as a
-        callback of the event loop, so nothing may escape: a write that fails is logged and
-        counted, and the exchange itself is done."""
+        """Write every queued receipt, one unsigned record each (plus its `refused` record).
+        Nothing may escape (it runs in a system task, whose exception would end the run): a
+        write that fails is logged and counted, and the exchange itself is done."""
         if not self._queued:
             return
         started = time.perf_counter()
@@ -138,11 +153,12 @@ class Provenance:
         written = 0
         for receipt, body, refused in queued:
             try:
-                self.ledger.append("receipt", dict(receipt), fsync=False)
+                self.ledger.append("receipt", receipt, fsync=False, sign=False)
                 written += 1
                 if refused is not None:
                     self.ledger.append("refused", {"exchange_id": body.exchange_id,
-                                                   "reason": refused[:200]}, fsync=False)
+                                                   "reason": refused[:200]},
+                                       fsync=False, sign=False)
                     written += 1
             except Exception as exc:  # OSError (disk full, file closed), or worse: never raise
                 self.write_errors += 1

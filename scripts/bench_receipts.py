@@ -12,22 +12,25 @@ runs them, synthetic float32 parameters (scripts/bench_exchange.py's). "on": bot
 ledger (gossipd.ledger in a fresh directory on the --dir file system, fsync included) and every
 exchange carries the receipt (signed by both, verified, appended); "receipts": the same
 receipts, signed, swapped and checked, but no record written (the ledger's heads stay put);
-"off": no provenance. The three modes take turns in blocks of --block exchanges (fewer for
-large models), --rounds times, in the same warm processes, so load on the machine falls on all
-alike. `--delay-ms D` puts a delay
-line between the two (scripts/delay_line.py, a relay in a third process that holds every byte D
-ms each way, no bandwidth limit): a link with a round trip of 2D ms, as between machines, which
-loopback is not.
+"off": no provenance. The three modes take turns exchange by exchange (3 x --block exchanges a
+round, fewer for large models; --rounds rounds, each led by another mode) in the same warm
+processes, so load and drift fall on all alike, and every three neighbours give one paired
+difference. Before each exchange an untimed pause of SETTLE_S lets both sides finish what they
+defer (daemons exchange seconds apart). `--delay-ms D` puts a delay line between the two
+(scripts/delay_line.py, a relay in a third process that holds every byte D ms each way, no
+bandwidth limit): a link with a round trip of 2D ms, as between machines, which loopback is
+not.
 
-Per size: the median wall time of initiate() in each mode; what provenance as a whole costs
-(on - off) and its share of the exchange without it; the initiator's receipt_s (ExchangeOutcome:
-the receipt work not hidden behind the parameter stream); and the ledger's cost three ways:
-on - receipts (the exchange with its ledger against the same exchange without), the ledger's
-time on the exchange's path (ExchangeOutcome.ledger_s: queueing the record), and the event
-loop's time writing records (Provenance.write_s per exchange, on both peers: signing and
-writing, done after the exchange; the fsync runs in a thread). Shares are of the "receipts"
-exchange time. The acceptance target is under 1% of exchange time; the last lines say where
-it is met.
+Per size: the median wall time of initiate() in each mode; what provenance as a whole costs (the
+median paired on - off) and its share of the exchange without it; the initiator's receipt_s
+(ExchangeOutcome: the receipt work not hidden behind the parameter stream); and the ledger's cost
+three ways: the median paired on - receipts (the exchange with its ledger against the same
+exchange without; the initiator writes its record inside the timed part here, as if it were not
+deferred: an upper bound), the ledger's time on the exchange's path (ExchangeOutcome.ledger_s:
+queueing the record), and the event loop's time writing records (Provenance.write_s per
+exchange, the larger of the two peers': writing, done after the exchange; the seal's signature
+and the fsync run in a thread). Shares are of the "receipts" exchange time. The acceptance
+target is under 1% of exchange time; the last lines say where it is met.
 Exit 0 (a measurement); 1 when an exchange failed or ended at the wrong parameters.
 """
 
@@ -73,6 +76,7 @@ from protocol.messages import AVG_PROTOCOL_ID  # noqa: E402
 DIGITS_PARAMS = 4810  # gossipd's digits-mlp
 DEFAULT_PARAMS = (DIGITS_PARAMS, 100_000, 1_000_000, 10_000_000)
 TARGET_SHARE = 0.01
+SETTLE_S = 0.002  # untimed pause before each exchange (daemons exchange seconds apart)
 EXCHANGE_TIMEOUT_S = 120.0
 SAMPLES = 320  # what each node reports as trained since its last exchange
 
@@ -125,7 +129,7 @@ class ServedModel(StaticModel):
 
 async def serve(directory: Path) -> None:
     """The responder: serves exchanges of the current model, with or without its ledger."""
-    state: dict[str, Any] = {"model": None, "mode": "off", "errors": []}
+    state: dict[str, Any] = {"model": None, "first": 0, "served": 0, "errors": []}
     async with open_transport(SEEDS[1], LOOPBACK) as host, trio.open_nursery() as nursery:
         provenance = open_ledger(directory, host, SEEDS[1])
         modes = providers(provenance)
@@ -135,7 +139,9 @@ async def serve(directory: Path) -> None:
             try:
                 if model is None:
                     raise RuntimeError("no model configured")
-                local = local_model(model, host, SEEDS[1], modes[state["mode"]])
+                mode = MODES[(state["first"] + state["served"]) % len(MODES)]
+                state["served"] += 1  # streams come one at a time, in the initiator's order
+                local = local_model(model, host, SEEDS[1], modes[mode])
                 await exchange.respond(host, stream, local, EXCHANGE_TIMEOUT_S,
                                        exchange.ByteCounter())
             except Exception as exc:  # reported to the initiator, which fails the run
@@ -150,10 +156,10 @@ async def serve(directory: Path) -> None:
             if op == "model":
                 state["model"] = ServedModel(bench_params(int(cmd["n"]), 1))
                 emit({"ok": True})
-            elif op == "mode":
-                state["mode"] = str(cmd["mode"])
+            elif op == "cycle":  # the modes take turns per exchange, from MODES[first] on
+                state["first"], state["served"] = int(cmd["first"]), 0
                 emit({"ok": True})
-            elif op == "result":  # after a block: what the responder saw, then forgotten
+            elif op == "result":  # after a round: what the responder saw, then forgotten
                 await trio.sleep(0.05)  # the last respond() may still be closing its stream
                 served: ServedModel = state["model"]
                 provenance.write_queued()
@@ -194,54 +200,67 @@ async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: P
     model = StaticModel(bench_params(num_params, 0))
     expect = expected_digest(num_params)
     modes = providers(provenance)
+    locals_ = {m: local_model(model, host, SEEDS[0], modes[m]) for m in MODES}
     times: dict[str, list[float]] = {m: [] for m in MODES}
+    diffs: dict[str, list[float]] = {"on-off": [], "on-receipts": []}
     receipt_s: list[float] = []
     ledger_s: list[float] = []
-    written = {"initiator": 0.0, "responder": 0.0}  # write_s in counted "on" blocks
+    written = {"initiator": 0.0, "responder": 0.0}  # write_s in counted rounds
     errors: list[str] = []
     k = block_size(num_params, block)
     for i in range(rounds + 1):  # round 0 warms every mode up and is not counted
-        for j in range(len(MODES)):
-            mode = MODES[(i + j) % len(MODES)]  # each mode leads in turn
-            await peer.call(op="mode", mode=mode)
-            local = local_model(model, host, SEEDS[0], modes[mode])
-            seen_before = await peer.call(op="result")
-            write_before = provenance.write_s
-            for _ in range(k):
-                t0 = time.perf_counter()
-                try:
-                    outcome = await exchange.initiate(host, peer_id, local, EXCHANGE_TIMEOUT_S,
-                                                      exchange.ByteCounter())
-                except Exception as exc:  # a failed run is reported, not raised
-                    errors.append(f"{mode}: {type(exc).__name__}: {exc}")
-                    continue
-                seconds = time.perf_counter() - t0
-                if model.take_digest() != expect:
-                    errors.append(f"{mode}: parameters differ from the pair's mean")
-                if i > 0:
-                    times[mode].append(seconds)
-                    if mode == "on":
-                        receipt_s.append(outcome.receipt_s)
-                        ledger_s.append(outcome.ledger_s)
-            provenance.write_queued()
-            seen = await peer.call(op="result")
-            if i > 0 and mode == "on":
-                written["initiator"] += provenance.write_s - write_before
-                written["responder"] += seen["write_s"] - seen_before["write_s"]
-            errors += [f"{mode} (responder): {e}" for e in seen["errors"]]
-            errors += [f"{mode} (responder): parameters differ from the pair's mean"
-                       for d in seen["digests"] if d != expect]
-            if len(seen["digests"]) != k:
-                errors.append(f"{mode} (responder): {len(seen['digests'])} merges, not {k}")
+        first = i % len(MODES)  # each mode leads in turn
+        await peer.call(op="cycle", first=first)
+        seen_before = await peer.call(op="result")
+        write_before = provenance.write_s
+        triple: dict[str, float] = {}
+        for j in range(len(MODES) * k):
+            mode = MODES[(first + j) % len(MODES)]
+            await trio.sleep(SETTLE_S)  # untimed: both sides' deferred work is done
+            t0 = time.perf_counter()
+            try:
+                outcome = await exchange.initiate(host, peer_id, locals_[mode],
+                                                  EXCHANGE_TIMEOUT_S, exchange.ByteCounter())
+                if mode == "on":
+                    provenance.write_queued()  # timed: as if the record were written in line
+            except Exception as exc:  # a failed run is reported, not raised
+                errors.append(f"{mode}: {type(exc).__name__}: {exc}")
+                triple = {}
+                continue
+            seconds = time.perf_counter() - t0
+            if model.take_digest() != expect:
+                errors.append(f"{mode}: parameters differ from the pair's mean")
+            if i == 0:
+                continue
+            times[mode].append(seconds)
+            triple[mode] = seconds
+            if mode == "on":
+                receipt_s.append(outcome.receipt_s)
+                ledger_s.append(outcome.ledger_s)
+            if len(triple) == len(MODES):  # three neighbours: drift cancels
+                diffs["on-off"].append(triple["on"] - triple["off"])
+                diffs["on-receipts"].append(triple["on"] - triple["receipts"])
+                triple = {}
+        seen = await peer.call(op="result")
+        if i > 0:
+            written["initiator"] += provenance.write_s - write_before
+            written["responder"] += seen["write_s"] - seen_before["write_s"]
+        errors += [f"responder: {e}" for e in seen["errors"]]
+        errors += ["responder: parameters differ from the pair's mean"
+                   for d in seen["digests"] if d != expect]
+        if len(seen["digests"]) != len(MODES) * k:
+            errors.append(f"responder: {len(seen['digests'])} merges, not {len(MODES) * k}")
     off, rec, on = (statistics.median(times[m]) for m in MODES)
+    cost = statistics.median(diffs["on-off"]) if diffs["on-off"] else on - off
+    ledger = statistics.median(diffs["on-receipts"]) if diffs["on-receipts"] else on - rec
     n_on = len(times["on"])
     write_ms = {side: w / n_on * 1e3 for side, w in written.items()} if n_on else {}
     return {
         "num_params": num_params, "mib": 4 * num_params / (1 << 20), "exchanges": n_on,
         "off_ms": off * 1e3, "receipts_ms": rec * 1e3, "on_ms": on * 1e3,
-        "cost_ms": (on - off) * 1e3, "cost_share": (on - off) / off, "ratio": on / off,
+        "cost_ms": cost * 1e3, "cost_share": cost / off, "ratio": on / off,
         "receipt_s_ms": statistics.median(receipt_s) * 1e3 if receipt_s else None,
-        "ledger_cost_ms": (on - rec) * 1e3, "ledger_cost_share": (on - rec) / rec,
+        "ledger_cost_ms": ledger * 1e3, "ledger_cost_share": ledger / rec,
         "ledger_path_ms": statistics.mean(ledger_s) * 1e3 if ledger_s else None,
         "ledger_path_share": statistics.mean(ledger_s) / rec if ledger_s else None,
         "ledger_write_ms": write_ms,

@@ -4,8 +4,10 @@
     scripts/check_ledgers.py testnet-out            (after scripts/testnet.py run --out testnet-out)
 
 For every DIR/node*/state/ledger.bin: every link and signature (a torn last record, left by a
-SIGKILL mid-append, is reported and not counted); then every receipt must appear, byte for byte
-and identically signed, in the ledgers of both peers it names. Prints one row per node and the
+SIGKILL mid-append, is reported and not counted; so is an unsealed tail, the unsigned records a
+SIGKILL left after the last seal, which the node seals at its next start: allowed only for a
+node named in --killed); then every receipt must appear, byte for byte and identically signed,
+in the ledgers of both peers it names. Prints one row per node and the
 cross-check; `--json` for scripts. Exit 0 when every ledger verifies and every receipt of a node
 that was not killed is found on both sides.
 """
@@ -46,9 +48,12 @@ def check(out: Path) -> dict[str, Any]:
         name = path.parent.parent.name
         records, torn = read(path)
         row: dict[str, Any] = {"records": len(records), "bytes": path.stat().st_size,
-                               "torn_bytes": torn, "ok": True, "error": None}
+                               "torn_bytes": torn, "unsealed": 0, "ok": True, "error": None}
+        signed = [i for i, r in enumerate(records) if r.signed]
+        if signed:
+            row["unsealed"] = len(records) - 1 - signed[-1]
         try:
-            verify_records(records)
+            verify_records(records[: len(records) - row["unsealed"]])
         except LedgerError as exc:
             row.update(ok=False, error=str(exc))
         receipts = [r for r in records if r.kind == "receipt"]
@@ -78,22 +83,27 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="a testnet output directory")
     parser.add_argument("--killed", default="", help="comma-separated node names that were "
-                        "SIGKILLed (their last receipt may be torn)")
+                        "SIGKILLed (their last receipt may be torn, their last records unsealed)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = check(args.out)
     killed = {k for k in args.killed.split(",") if k}
     bad = [u for u in result["receipts_unmatched"] if not set(u["expected_on"]) & killed]
+    for name, n in result["nodes"].items():
+        if n["unsealed"] and name not in killed:
+            n.update(ok=False, error=f"{n['unsealed']} records after the last seal (the node "
+                                     "was not killed: a clean stop seals its ledger)")
     ok = all(n["ok"] for n in result["nodes"].values()) and not bad and result["nodes"]
     if args.json:
         print(json.dumps({**result, "ok": bool(ok)}, indent=2))
     else:
         print(f"{'node':<8} {'records':>8} {'receipts':>9} {'bytes':>9} {'B/record':>10} "
-              f"{'torn':>5}  verified")
+              f"{'torn':>5} {'unsealed':>8}  verified")
         for name, n in result["nodes"].items():
             per = f"{n['bytes_per_record']:.0f}"
             print(f"{name:<8} {n['records']:>8} {n['receipts']:>9} {n['bytes']:>9} {per:>10} "
-                  f"{n['torn_bytes']:>5}  {'yes' if n['ok'] else 'NO: ' + str(n['error'])}")
+                  f"{n['torn_bytes']:>5} {n['unsealed']:>8}  "
+                  f"{'yes' if n['ok'] else 'NO: ' + str(n['error'])}")
         print(f"receipts on both peers, identical: {result['receipts_matched']}; "
               f"unmatched: {len(result['receipts_unmatched'])} "
               f"({len(result['receipts_unmatched']) - len(bad)} involve a killed node)")

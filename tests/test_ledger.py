@@ -102,6 +102,45 @@ def test_every_kind_of_tampering_is_detected(tmp_path: Path) -> None:
         verify_file(out)
 
 
+def test_unsigned_records_are_sealed_and_a_killed_tail_is_sealed_at_start(
+        tmp_path: Path) -> None:
+    """Unsigned records (receipts) are covered by the seal `sync` appends; a ledger whose last
+    record is unsigned does not verify (forged, or copied mid-batch); a killed process's
+    unsigned tail is kept, checked and sealed by the next start."""
+    path = tmp_path / "ledger.bin"
+    ledger = Ledger(path, SEED_A, ID_A)
+    ledger.append("receipt", receipt(ledger.head, (0, b"\x22" * 32)), fsync=False, sign=False)
+    ledger.append("receipt", receipt(ledger.head, (1, b"\x22" * 32)), fsync=False, sign=False)
+    with pytest.raises(LedgerError, match="records 1-2 are not sealed"):
+        verify_file(path)
+    head = ledger.sync()
+    assert [r.kind for r in verify_file(path)] == ["genesis", "receipt", "receipt", "seal"]
+    assert head == ledger.head == ledger.durable_head and ledger.sync() == head  # sealed once
+    whole = path.read_bytes()
+    # an unsigned record appended by someone else (it links, but nothing signs it)
+    tail = list(iter_records(whole))[-1][2]
+    assert tail is not None
+    forged, _ = encode_record(None, tail.seq + 1, tail.hash, "checkpoint", 0,
+                              {"params_hash": b"\x55" * 32, "step": 1})
+    path.write_bytes(whole + forged)
+    with pytest.raises(LedgerError, match="not sealed"):
+        verify_file(path)
+    # a seal record that claims to be sealed without a signature
+    fake_seal, _ = encode_record(None, tail.seq + 1, tail.hash, "seal", 0, {})
+    path.write_bytes(whole + fake_seal + encode_record(SEED_A, tail.seq + 2, _.hash,
+                                                       "checkpoint", 0, {"step": 1})[0])
+    with pytest.raises(LedgerError, match="unsigned seal"):
+        verify_file(path)
+    # killed after unsigned writes: the next start keeps them and seals them
+    path.write_bytes(whole)
+    ledger = Ledger(path, SEED_A, ID_A)
+    ledger.append("receipt", receipt(ledger.head, (2, b"\x22" * 32)), fsync=False, sign=False)
+    again = Ledger(path, SEED_A, ID_A)  # (the first one is never closed: a kill)
+    kinds = [r.kind for r in verify_file(path)]
+    assert kinds[-2:] == ["receipt", "seal"] and len(kinds) == 6 and again.dropped_bytes == 0
+    assert again.durable_head == again.head
+
+
 def test_receipts_need_both_signatures() -> None:
     good = receipt((1, b"\x01" * 32), (2, b"\x02" * 32))
     body = verify_receipt(good)

@@ -19,7 +19,7 @@ from gossipd import exchange, param_hashes
 from gossipd.cli import render_provenance
 from gossipd.config import AveragingConfig, Config, NetworkConfig, TrainConfig
 from gossipd.daemon import Node
-from gossipd.ledger import ZERO, Ledger, verify_file
+from gossipd.ledger import ZERO, Ledger, read_records, verify_file
 from gossipd.netapi import TransportError
 from gossipd.provenance import Provenance
 from gossipd.runner import ModelRunner
@@ -176,7 +176,7 @@ async def test_a_refused_vector_keeps_its_receipt_marked_not_merged(tmp_path: Pa
     await flush(a, b)
     np.testing.assert_allclose(params(a), 0.0)
     assert a.provenance is not None
-    kinds = [r.kind for r in a.provenance.ledger.read()]
+    kinds = [r.kind for r in a.provenance.ledger.read() if r.kind != "seal"]
     assert kinds[-2:] == ["receipt", "refused"]
     lineage = await a.provenance.lineage({})
     assert lineage["contributors"] == [] and sum(lineage["not_merged"].values()) == 1
@@ -245,14 +245,13 @@ async def test_the_ledger_is_fsynced_off_the_exchange_path(
     await one_exchange(net, a, b)  # returns while a's fsync is held at the gate
     assert a.stats.ok == 1 and a.provenance.ledger.durable_head == durable
     assert a.provenance.ledger.head[0] == durable[0] + 1
-    for who in (a, b):
+    for who in (a, b):  # what a kill would leave: every record whole
         assert who.provenance is not None
         path = who.provenance.ledger.path
-        reopened = Ledger(path, who.transport.seed,
-                          who.transport.peer_id_bytes(who.transport.peer_id))
-        assert reopened.dropped_bytes == 0
-        assert [r.kind for r in reopened.read()][-1] == "receipt"
-        reopened.close()
+        records, good = read_records(path)
+        assert good == path.stat().st_size
+        assert [r.kind for r in records if r.kind != "seal"][-1] == "receipt"
+    assert not read_records(a.provenance.ledger.path)[0][-1].signed  # a's seal waits too
     gate.set()
     await flush(a, b)
     assert a.provenance.ledger.durable_head == a.provenance.ledger.head
@@ -290,9 +289,11 @@ async def test_an_exchange_only_queues_its_receipt(tmp_path: Path) -> None:
     assert prov.peer_head(peer) == (5, b"\x01" * 32)
     await turns(prov, 2)
     kinds = [r.kind for r in prov.ledger.read()][before:]
-    assert kinds == ["receipt", "refused"] and prov.records_written == 2 and prov.write_s > 0
-    await prov.flush()
+    assert kinds[:2] == ["receipt", "refused"] and prov.records_written == 2
+    assert prov.write_s > 0
+    await prov.flush()  # sealed, then fsync'd: the durable head is the seal
     assert prov.ledger.durable_head == prov.ledger.head
+    assert [r.kind for r in prov.ledger.read()][before:] == ["receipt", "refused", "seal"]
     prov.ledger.close()  # the next write fails (EBADF) on the loop's turn: counted, not raised
     prov.record_receipt_soon(receipt, body=body)
     for _ in range(20):
@@ -308,6 +309,8 @@ def test_without_an_event_loop_a_receipt_is_written_at_once(tmp_path: Path) -> N
     prov.record_receipt_soon(receipt)  # parses the body itself
     assert [r.kind for r in prov.ledger.read()][-1] == "receipt"
     prov.close()
+    records = read_records(prov.ledger.path)[0]  # (the fake receipt's signatures are zeros)
+    assert [r.kind for r in records][-2:] == ["receipt", "seal"] and records[-1].signed
 
 
 async def test_the_fsync_thread_groups_and_reports_errors(tmp_path: Path) -> None:
