@@ -448,6 +448,7 @@ async def initiate(
         finally:
             counter.add(ms)
             await _close(stream)
+            _write_record_soon(model)
 
 
 async def respond(
@@ -486,6 +487,14 @@ async def respond(
     finally:
         counter.add(ms)
         await _close(stream)
+        _write_record_soon(model)
+
+
+def _write_record_soon(model: LocalModel) -> None:
+    """The exchange is over, its stream closed: now the ledger may write its record (at the
+    loop's next turn; waking the writer earlier would put the write before the close)."""
+    if model.provenance is not None:
+        model.provenance.write_soon()
 
 
 async def _close(stream: Stream) -> None:

@@ -9,12 +9,12 @@ Rules:
   followed by a `refused` record when this node did not merge the peer's parameters.
 - `lineage()` summarises the ledger for `gossipctl provenance`: contributing peers with their
   exchange and sample counts, the latest exchanges, data and checkpoints.
-- An exchange only queues its receipt (`record_receipt_soon`, a few microseconds) and wakes
-  the ledger's writer, a trio system task that writes it as soon as the exchange's task
-  yields (the next turn of the loop, typically while this node waits on the network), so
-  writing the record (~8-30 us, unsigned: the fsync thread's seal signs for a whole batch,
-  gossipd/ledger.py) is never part of an exchange's time. What a kill can take back is what
-  it can take back mid-append: the record of the exchange that just ended, before that turn.
+- An exchange only queues its receipt (`record_receipt_soon`, a few microseconds) and, once
+  its stream is closed, wakes the ledger's writer (`write_soon`), a trio system task that
+  writes it at the loop's next turn, so writing the record (~10-50 us, unsigned: the fsync
+  thread's seal signs for a whole batch, gossipd/ledger.py) is never part of an exchange's
+  time. What a kill can take back is what it can take back mid-append: the record of the
+  exchange that just ended, before that turn.
 - Each write is one small write of a whole record, no fsync: a killed process loses nothing
   written, and a torn last record is cut at the next start. A worker thread fsyncs behind the
   writes within FSYNC_INTERVAL_S, one fsync for everything written meanwhile (group commit),
@@ -117,12 +117,18 @@ class Provenance:
     def record_receipt_soon(self, receipt: dict[str, bytes], refused: str | None = None,
                             body: ReceiptBody | None = None) -> None:
         """Queue a doubly signed receipt (and, when we did not merge the peer's parameters, a
-        `refused` record saying why) for the ledger's writer task; `body` is the receipt's
-        parsed body when the caller has it. Without a running event loop (a tool, a test) it is
-        written at once. The fsync follows in the worker thread."""
+        `refused` record saying why) for the ledger's writer task, which `write_soon` wakes
+        (the exchange calls it once its stream is closed); `body` is the receipt's parsed body
+        when the caller has it."""
         parsed = ReceiptBody.from_bytes(receipt["body"]) if body is None else body
         self._remember(parsed)  # at once: the next exchange with this peer checks against it
         self._queued.append((receipt, parsed, refused))
+
+    def write_soon(self) -> None:
+        """Have what is queued written at the event loop's next turn; without a running event
+        loop (a tool, a test), now. The fsync follows in the worker thread."""
+        if not self._queued:
+            return
         try:
             token = trio.lowlevel.current_trio_token()
         except RuntimeError:

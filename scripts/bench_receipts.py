@@ -3,7 +3,7 @@
 off, with receipts but no ledger records, and with both, side by side in one run, per model
 size.
 
-    scripts/bench_receipts.py [--params 4810,100000,1000000,10000000] [--rounds 5]
+    scripts/bench_receipts.py [--params 4810,100000,1000000,10000000] [--rounds 8]
                               [--delay-ms D] [--json]
 
 Two OS processes on 127.0.0.1 (this one initiates, a peer it starts with `--serve` responds),
@@ -13,24 +13,25 @@ ledger (gossipd.ledger in a fresh directory on the --dir file system, fsync incl
 exchange carries the receipt (signed by both, verified, appended); "receipts": the same
 receipts, signed, swapped and checked, but no record written (the ledger's heads stay put);
 "off": no provenance. The three modes take turns exchange by exchange (3 x --block exchanges a
-round, fewer for large models; --rounds rounds, each led by another mode) in the same warm
-processes, so load and drift fall on all alike, and every three neighbours give one paired
-difference. Before each exchange an untimed pause of SETTLE_S lets both sides finish what they
-defer (daemons exchange seconds apart). `--delay-ms D` puts a delay line between the two
-(scripts/delay_line.py, a relay in a third process that holds every byte D ms each way, no
+round, fewer for large models; --rounds rounds, in orders that vary: `cycle_order`) in the
+same warm processes, so load and drift fall on all alike, and every three neighbours give one
+paired difference. Before each exchange an untimed pause of SETTLE_S lets both sides finish
+what they defer (daemons exchange seconds apart). `--delay-ms D` puts a delay line between the
+two (scripts/delay_line.py, a relay in a third process that holds every byte D ms each way, no
 bandwidth limit): a link with a round trip of 2D ms, as between machines, which loopback is
 not.
 
-Per size: the median wall time of initiate() in each mode; what provenance as a whole costs (the
-median paired on - off) and its share of the exchange without it; the initiator's receipt_s
-(ExchangeOutcome: the receipt work not hidden behind the parameter stream); and the ledger's cost
-three ways: the median paired on - receipts (the exchange with its ledger against the same
-exchange without; the initiator writes its record inside the timed part here, as if it were not
-deferred: an upper bound), the ledger's time on the exchange's path (ExchangeOutcome.ledger_s:
-queueing the record), and the event loop's time writing records (Provenance.write_s per
-exchange, the larger of the two peers': writing, done after the exchange; the seal's signature
-and the fsync run in a thread). Shares are of the "receipts" exchange time. The acceptance
-target is under 1% of exchange time; the last lines say where it is met.
+Per size: the median wall time of initiate() in each mode; what provenance as a whole costs
+(the median paired on - off) and its share of the exchange without it; the initiator's
+receipt_s (ExchangeOutcome: the receipt work not hidden behind the parameter stream); and the
+ledger's cost three ways: the median paired on - receipts (the exchange with its ledger
+against the same exchange without: what the exchange waits for), the ledger's time on the
+exchange's path (ExchangeOutcome.ledger_s: queueing the record), and the event loop's time
+writing records (Provenance.write_s per exchange, the larger of the two peers': done after the
+exchange, in the pause before the next; the seal's signature and the fsync run in a thread:
+the ledger's CPU on the loop, stated as a share of the exchange too). Shares are of the
+"receipts" exchange time. The acceptance target is under 1% of exchange time; the last lines
+say where it is met.
 Exit 0 (a measurement); 1 when an exchange failed or ended at the wrong parameters.
 """
 
@@ -96,18 +97,23 @@ def open_ledger(directory: Path, host: Libp2pTransport, seed: bytes) -> Provenan
 
 
 class ReceiptsOnly(Provenance):
-    """The "receipts" mode: receipts signed, swapped and checked as with provenance on (same
-    ledger heads in the Hellos), but never written, so "on" minus this is what the ledger
-    costs an exchange."""
+    """The "receipts" mode: receipts signed, swapped and checked as with provenance on (the
+    same ledger heads in the Hellos, the same memory of the peer's head, so the same history
+    proofs), but never written, so "on" minus this is what the ledger costs an exchange."""
+
+    def __init__(self, full: Provenance) -> None:
+        super().__init__(full.ledger)
+        self._heads = full._heads  # one memory of peer heads for both modes
+        self._keys = full._keys
 
     def record_receipt_soon(self, receipt: dict[str, bytes], refused: str | None = None,
                             body: Any = None) -> None:
-        pass
+        self._remember(body)
 
 
 def providers(ledger: Provenance) -> dict[str, Provenance | None]:
     """The provenance each mode runs with (one ledger under both)."""
-    return {"off": None, "receipts": ReceiptsOnly(ledger.ledger), "on": ledger}
+    return {"off": None, "receipts": ReceiptsOnly(ledger), "on": ledger}
 
 
 MODES = ("off", "receipts", "on")
@@ -129,7 +135,7 @@ class ServedModel(StaticModel):
 
 async def serve(directory: Path) -> None:
     """The responder: serves exchanges of the current model, with or without its ledger."""
-    state: dict[str, Any] = {"model": None, "first": 0, "served": 0, "errors": []}
+    state: dict[str, Any] = {"model": None, "order": list(MODES), "served": 0, "errors": []}
     async with open_transport(SEEDS[1], LOOPBACK) as host, trio.open_nursery() as nursery:
         provenance = open_ledger(directory, host, SEEDS[1])
         modes = providers(provenance)
@@ -139,7 +145,7 @@ async def serve(directory: Path) -> None:
             try:
                 if model is None:
                     raise RuntimeError("no model configured")
-                mode = MODES[(state["first"] + state["served"]) % len(MODES)]
+                mode = state["order"][state["served"] % len(MODES)]
                 state["served"] += 1  # streams come one at a time, in the initiator's order
                 local = local_model(model, host, SEEDS[1], modes[mode])
                 await exchange.respond(host, stream, local, EXCHANGE_TIMEOUT_S,
@@ -156,8 +162,8 @@ async def serve(directory: Path) -> None:
             if op == "model":
                 state["model"] = ServedModel(bench_params(int(cmd["n"]), 1))
                 emit({"ok": True})
-            elif op == "cycle":  # the modes take turns per exchange, from MODES[first] on
-                state["first"], state["served"] = int(cmd["first"]), 0
+            elif op == "cycle":  # the modes take turns per exchange, in this order
+                state["order"], state["served"] = [str(m) for m in cmd["order"]], 0
                 emit({"ok": True})
             elif op == "result":  # after a round: what the responder saw, then forgotten
                 await trio.sleep(0.05)  # the last respond() may still be closing its stream
@@ -194,6 +200,14 @@ def block_size(num_params: int, block: int) -> int:
     return max(2, min(block, int(4e7 // max(num_params, 1))))
 
 
+def cycle_order(i: int) -> list[str]:
+    """Round i's order of the modes: each leads in turn, forwards and backwards, so each
+    follows each of the others as often (what ran just before can slow an exchange)."""
+    forwards = list(MODES) if i % 2 == 0 else list(reversed(MODES))
+    first = (i // 2) % len(MODES)
+    return forwards[first:] + forwards[:first]
+
+
 async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: Provenance,
                   num_params: int, rounds: int, block: int) -> dict[str, Any]:
     await peer.call(op="model", n=num_params)
@@ -209,20 +223,18 @@ async def measure(peer: Peer, host: Libp2pTransport, peer_id: str, provenance: P
     errors: list[str] = []
     k = block_size(num_params, block)
     for i in range(rounds + 1):  # round 0 warms every mode up and is not counted
-        first = i % len(MODES)  # each mode leads in turn
-        await peer.call(op="cycle", first=first)
+        order = cycle_order(i)
+        await peer.call(op="cycle", order=order)
         seen_before = await peer.call(op="result")
         write_before = provenance.write_s
         triple: dict[str, float] = {}
         for j in range(len(MODES) * k):
-            mode = MODES[(first + j) % len(MODES)]
+            mode = order[j % len(MODES)]
             await trio.sleep(SETTLE_S)  # untimed: both sides' deferred work is done
             t0 = time.perf_counter()
             try:
                 outcome = await exchange.initiate(host, peer_id, locals_[mode],
                                                   EXCHANGE_TIMEOUT_S, exchange.ByteCounter())
-                if mode == "on":
-                    provenance.write_queued()  # timed: as if the record were written in line
             except Exception as exc:  # a failed run is reported, not raised
                 errors.append(f"{mode}: {type(exc).__name__}: {exc}")
                 triple = {}
@@ -363,10 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=_params, default=list(DEFAULT_PARAMS),
                         help="comma-separated parameter counts (default: "
                              + ",".join(map(str, DEFAULT_PARAMS)) + ")")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="off/on block pairs per size (default: 5)")
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="rounds of 3 x --block exchanges per size (default: 8)")
     parser.add_argument("--block", type=int, default=40,
-                        help="exchanges per block for small models (default: 40)")
+                        help="exchanges per mode and round for small models (default: 40)")
     parser.add_argument("--delay-ms", type=float, default=0.0,
                         help="one-way delay of a relay between the peers (default 0: loopback)")
     parser.add_argument("--dir", help="where the ledgers go (default: a temporary directory)")

@@ -275,8 +275,9 @@ async def turns(prov: Provenance, written: int) -> None:
 
 async def test_an_exchange_only_queues_its_receipt(tmp_path: Path) -> None:
     """record_receipt_soon writes nothing on the exchange's path: the peer's head is
-    remembered at once, the record is signed and written on the loop's next turn; a write
-    that fails there is counted and the loop goes on. Without an event loop it writes at once."""
+    remembered at once, the record is written on the loop's next turn after write_soon; a
+    write that fails there is counted and the loop goes on. Without an event loop write_soon
+    writes at once."""
     net = MemoryNetwork()
     a = node(net, "a", 0.0, tmp_path / "a")
     prov = a.provenance
@@ -285,8 +286,11 @@ async def test_an_exchange_only_queues_its_receipt(tmp_path: Path) -> None:
     receipt, body = fake_receipt(me, peer, (5, b"\x01" * 32))
     before = len(prov.ledger)
     prov.record_receipt_soon(receipt, refused="parameters refused: too far", body=body)
-    assert len(prov.ledger) == before and prov.records_written == 0  # only queued
     assert prov.peer_head(peer) == (5, b"\x01" * 32)
+    await turns(prov, 2)
+    assert len(prov.ledger) == before and prov.records_written == 0  # only queued
+    prov.write_soon()  # the exchange's stream is closed
+    assert len(prov.ledger) == before  # not yet: at the loop's next turn
     await turns(prov, 2)
     kinds = [r.kind for r in prov.ledger.read()][before:]
     assert kinds[:2] == ["receipt", "refused"] and prov.records_written == 2
@@ -296,6 +300,7 @@ async def test_an_exchange_only_queues_its_receipt(tmp_path: Path) -> None:
     assert [r.kind for r in prov.ledger.read()][before:] == ["receipt", "refused", "seal"]
     prov.ledger.close()  # the next write fails (EBADF) on the loop's turn: counted, not raised
     prov.record_receipt_soon(receipt, body=body)
+    prov.write_soon()
     for _ in range(20):
         await trio.sleep(0)
     assert prov.write_errors == 1 and prov.records_written == 2
@@ -307,6 +312,7 @@ def test_without_an_event_loop_a_receipt_is_written_at_once(tmp_path: Path) -> N
     prov = Provenance(Ledger(tmp_path / "ledger.bin", SEED_A, ID_A))
     receipt, _ = fake_receipt(prov.ledger.peer_id_bytes, b"\x00\x24" + bytes(36), (0, ZERO))
     prov.record_receipt_soon(receipt)  # parses the body itself
+    prov.write_soon()
     assert [r.kind for r in prov.ledger.read()][-1] == "receipt"
     prov.close()
     records = read_records(prov.ledger.path)[0]  # (the fake receipt's signatures are zeros)
