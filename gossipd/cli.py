@@ -36,6 +36,7 @@ examples:
   gossipctl dashboard                    the web dashboard's URL (node.dashboard_listen)
   gossipctl provenance                   contributors to this node's model, from its ledger
   gossipctl provenance verify ledger.bin offline check of every link and signature
+  gossipctl provenance export out.bin    a sealed copy of the running node's ledger, verified
   gossipctl --socket ./n0/control.sock status
 
 socket: --socket, else $GOSSIPD_SOCKET, else the socket of --config, else
@@ -246,10 +247,43 @@ def _request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "log-level", {"level": args.level}
     if cmd == "dashboard":
         return "status", {}
+    if cmd == "provenance" and args.action == "export":
+        return "provenance.seal", {}
     return cmd, {}
 
 
-def verify_ledger(path: str, as_json: bool) -> int:
+def export_ledger(extent: dict[str, Any], out: str, as_json: bool) -> int:
+    """`gossipctl provenance export OUT`: the daemon has sealed and fsync'd its ledger
+    (`extent`: path and sealed size); copy the file up to that size, which is a whole, sealed
+    ledger even while the node keeps appending, then verify the copy. Exit 0 exported and
+    verified, 1 not."""
+    src, size, dest = Path(extent["path"]), int(extent["bytes"]), Path(out)
+    try:
+        with open(src, "rb") as f:
+            blob = f.read(size)
+    except OSError as exc:
+        print(f"gossipctl: cannot read the ledger {src}: {exc}; run gossipctl as the daemon's "
+              "user (e.g. sudo -u gossipd gossipctl provenance export OUT)", file=sys.stderr)
+        return 1
+    if len(blob) != size:
+        print(f"gossipctl: the ledger {src} is shorter ({len(blob)} bytes) than the daemon "
+              f"sealed ({size}); was it moved or cut?", file=sys.stderr)
+        return 1
+    try:
+        with open(dest, "xb") as f:  # never overwrite: an export is evidence
+            f.write(blob)
+    except OSError as exc:
+        print(f"gossipctl: cannot write {dest}: {exc} (an existing file is never overwritten: "
+              "choose another name)", file=sys.stderr)
+        return 1
+    code = verify_ledger(str(dest), as_json, quiet=not as_json)
+    if code == 0 and not as_json:
+        print(f"exported {src} up to its sealed head {extent['seq']} "
+              f"({extent['head'][:16]}, {size} bytes) to {dest}; verified")
+    return code
+
+
+def verify_ledger(path: str, as_json: bool, quiet: bool = False) -> int:
     """`gossipctl provenance verify FILE`: offline, no daemon. Exit 0 verified, 1 not."""
     from gossipd.ledger import LedgerError, verify_file
     from protocol.receipt import ReceiptBody
@@ -268,7 +302,7 @@ def verify_ledger(path: str, as_json: bool) -> int:
               "owner": owner, "head": records[-1].hash.hex()}
     if as_json:
         print(json.dumps(result))
-    else:
+    elif not quiet:
         print(f"ledger verified: {len(records)} records, {len(receipts)} receipts signed by both "
               f"peers, every link and signature good; head {result['head'][:16]}")
     return 0
@@ -312,12 +346,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show", "reload"])
     sub.add_parser("metrics", parents=[common], help="Prometheus metrics (text format)")
     p = sub.add_parser("provenance", parents=[common],
-                       help="who contributed to this node's model; `verify FILE` checks a ledger",
+                       help="who contributed to this node's model; `export`, `verify` a ledger",
                        description="Without arguments: the lineage of the node's model from its "
-                       "ledger. `verify FILE` checks an exported ledger offline (no daemon): every "
-                       "link, every record signature and both signatures of every receipt.")
-    p.add_argument("action", nargs="?", choices=["verify"])
-    p.add_argument("file", nargs="?", help="verify: a ledger file (state_dir/ledger.bin)")
+                       "ledger. `export OUT` has the node seal and fsync its ledger and copies it "
+                       "up to that sealed head into OUT (never overwritten), then verifies the "
+                       "copy. `verify FILE` checks an exported ledger offline (no daemon): every "
+                       "link, every record signature and both signatures of every receipt. A "
+                       "ledger copied by hand from a running node may end in records not sealed "
+                       "yet (at most 0.25 s of them): `export` avoids that.")
+    p.add_argument("action", nargs="?", choices=["verify", "export"])
+    p.add_argument("file", nargs="?", help="verify: a ledger file (state_dir/ledger.bin); "
+                   "export: the file to write")
     sub.add_parser("dashboard", parents=[common], help="the URL of the node's web dashboard",
                    description="Prints the dashboard URL (set node.dashboard_listen, e.g. "
                    "\"127.0.0.1:8470\", to turn the dashboard on).")
@@ -333,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         needs_target = args.action in ("add", "remove", "ban", "unban")
         if needs_target != (args.target is not None):
             parser.error("peers add needs ADDR; remove, ban and unban need PEER; list takes none")
+    if args.command == "provenance" and args.action is not None and not args.file:
+        parser.error(f"provenance {args.action} needs FILE")
     if args.command == "provenance" and args.action == "verify":
-        if not args.file:
-            parser.error("provenance verify needs FILE")
         return verify_ledger(args.file, getattr(args, "json", False))
     cmd, cmd_args = _request_of(args)
     timeout = COMMAND_TIMEOUT_S if cmd == "average-now" else TIMEOUT_S
@@ -355,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             print("the dashboard is off: set node.dashboard_listen = \"127.0.0.1:8470\" in the "
                   "config, then restart gossipd", file=sys.stderr)
         return 0 if url else 1
+    if cmd == "provenance.seal":
+        return export_ledger(result, args.file, getattr(args, "json", False))
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
     else:

@@ -21,6 +21,7 @@ Wire: the request is a JSON object with "cmd" and the command's arguments (gossi
   metrics                     Prometheus text format
   log-level     level         debug | info | warning | error (until restart or reload)
   provenance                  the ledger's lineage: contributors, exchanges, data, checkpoints
+  provenance.seal             seal and fsync the ledger; its path and sealed size (for export)
 
 Rules: arguments are validated here and a bad one is a ClientError naming the argument and what
 was expected; handlers never touch the network except `average-now`, which runs under the
@@ -135,6 +136,14 @@ def build_handlers(node: Node) -> dict[str, Handler]:
         names = {node.transport.peer_id_bytes(p): p for p in node.peers.known()}
         return await node.provenance.lineage(names)
 
+    async def provenance_seal(_req: dict[str, Any]) -> Any:
+        if node.provenance is None:
+            raise ClientError("this node keeps no provenance ledger")
+        try:
+            return await node.provenance.sealed_extent()
+        except OSError as exc:
+            raise ClientError(f"the ledger could not be sealed: {exc}") from None
+
     async def checkpoint_list(_req: dict[str, Any]) -> Any:
         infos = await trio.to_thread.run_sync(checkpoint.list_checkpoints, ckpt_dir)
         return [c.as_dict() for c in infos]
@@ -188,5 +197,6 @@ def build_handlers(node: Node) -> dict[str, Handler]:
                                  "text": node.render_metrics()},
         "log-level": log_level,
         "provenance": provenance,
+        "provenance.seal": provenance_seal,
     }
     return handlers

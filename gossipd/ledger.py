@@ -243,7 +243,8 @@ def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) ->
         raise LedgerError(
             f"records {last + 1}-{len(records) - 1} are not sealed: nothing signed covers them "
             f"(appended without the owner's key, or copied from a running node less than "
-            f"a second after they were written: copy it again, or stop the node first)")
+            f"a second after they were written: use `gossipctl provenance export`, which "
+            f"seals first, or stop the node first)")
     for i, rec in enumerate(records):
         if not rec.signed:
             if rec.kind in ("genesis", "seal"):
@@ -335,7 +336,10 @@ class Ledger:
             verify_own(records, peer_id_bytes)
         self._head = (records[-1].seq, records[-1].hash) if records else (-1, ZERO)
         self._durable = self._head
+        self._durable_size = good
         self._sealed = not records or records[-1].signed  # the last record is signed
+        # Unsigned records a killed process left after its last seal (sealed below).
+        self.sealed_at_open = 0 if self._sealed else len(records) - 1 - _last_signed(records)
         self._lock = threading.Lock()  # the state below, read from any thread
         self._write_lock = threading.Lock()  # appends: the event loop's, the fsync thread's seal
         self.last_of_kind: dict[str, Record] = {r.kind: r for r in records}
@@ -355,6 +359,13 @@ class Ledger:
     def durable_head(self) -> tuple[int, bytes]:
         """(seq, hash) of the last record fsync'd: the head to show peers."""
         return self._durable
+
+    @property
+    def durable_size(self) -> int:
+        """Bytes of the file up to and including the durable head: a sealed, whole ledger
+        (what `gossipctl provenance export` copies)."""
+        with self._lock:
+            return self._durable_size
 
     def __len__(self) -> int:
         return self._head[0] + 1
@@ -393,10 +404,14 @@ class Ledger:
     def seal(self) -> tuple[int, bytes]:
         """Make the last record a signed one: when it is not, append a `seal` record (its
         signature covers every record before it). Returns the head; any thread."""
+        return self._seal()[0]
+
+    def _seal(self) -> tuple[tuple[int, bytes], int]:
+        """seal(), and the file's size at that head."""
         with self._write_lock:
             if not self._sealed:
                 self._append_locked("seal", {}, None, True)
-            return self._head
+            return self._head, self._size
 
     def sync(self) -> tuple[int, bytes]:
         """Seal and fsync everything written so far and move the durable head there; returns
@@ -405,11 +420,11 @@ class Ledger:
         fd = self._fd
         if fd < 0:  # closed: close() synced everything written
             return self._durable
-        head = self.seal()
+        head, size = self._seal()
         os.fsync(fd)
         with self._lock:
             if head[0] > self._durable[0]:
-                self._durable = head
+                self._durable, self._durable_size = head, size
             return self._durable
 
     def digests_since(self, seq: int, upto: int | None = None) -> list[bytes] | None:
@@ -436,4 +451,4 @@ class Ledger:
             fd, self._fd = self._fd, -1
             os.fsync(fd)
             os.close(fd)
-            self._durable = self._head
+            self._durable, self._durable_size = self._head, self._size

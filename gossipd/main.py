@@ -92,6 +92,9 @@ def _open_provenance(cfg: config_mod.Config, seed: bytes, trainer: Any) -> Prove
     if ledger.dropped_bytes:
         log.warning("ledger %s: dropped a torn last record (%d bytes) left by a crash",
                     ledger.path, ledger.dropped_bytes)
+    if ledger.sealed_at_open:
+        log.info("ledger %s: sealed %d records a crash left unsealed (checked, none lost)",
+                 ledger.path, ledger.sealed_at_open)
     provenance = Provenance(ledger)
     task = {k: v for k, v in config_mod.flatten(cfg).items() if k.startswith("train.")}
     provenance.record_data_sync(trainer.data_hash, trainer.data_samples, task)

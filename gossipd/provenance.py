@@ -258,6 +258,14 @@ class Provenance:
             thread.join(timeout)
         self.ledger.close()
 
+    async def sealed_extent(self) -> dict[str, Any]:
+        """Seal and fsync everything written, then where a whole, sealed copy of the ledger
+        ends: its path, the head there and the file's size up to it (for an export)."""
+        await self.flush()
+        seq, head = self.ledger.durable_head
+        return {"path": str(self.ledger.path), "seq": seq, "head": head.hex(),
+                "bytes": self.ledger.durable_size}
+
     def record_data_sync(self, data_hash: bytes, samples: int, task_config: dict[str, Any]
                          ) -> Record | None:
         """At start (before the event loop serves peers): a data record unless unchanged."""

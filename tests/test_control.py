@@ -97,3 +97,41 @@ def test_gossipctl_renders_and_prints_json(monkeypatch: pytest.MonkeyPatch,
 def test_gossipctl_unreachable_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--socket", str(tmp_path / "no.sock"), "status"]) == 3
     assert "no control socket" in capsys.readouterr().err
+
+
+def test_gossipctl_export_copies_only_the_sealed_extent(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    """export copies the ledger up to the size the daemon sealed (records written after it are
+    left out), verifies the copy, never overwrites, and names the fix for an unreadable or
+    short ledger; FILE is required."""
+    from gossipd.ledger import Ledger
+    from tests.test_ledger import ID_A, SEED_A
+
+    ledger = Ledger(tmp_path / "ledger.bin", SEED_A, ID_A)
+    ledger.append("checkpoint", {"params_hash": bytes(32), "step": 1})
+    extent = {"path": str(ledger.path), "seq": ledger.durable_head[0],
+              "head": ledger.durable_head[1].hex(), "bytes": ledger.durable_size}
+    ledger.append("checkpoint", {"params_hash": bytes(32), "step": 2}, fsync=False, sign=False)
+    calls: list[str] = []
+
+    def fake(path: Any, cmd: str, **_: Any) -> Any:
+        calls.append(cmd)
+        return extent
+
+    monkeypatch.setattr(cli, "request", fake)
+    out = tmp_path / "out.bin"
+    assert cli.main(["--socket", "/x", "provenance", "export", str(out)]) == 0
+    assert calls == ["provenance.seal"] and "verified" in capsys.readouterr().out
+    assert out.stat().st_size == extent["bytes"] < ledger.path.stat().st_size
+    assert cli.main(["--socket", "/x", "provenance", "export", str(out)]) == 1
+    assert "never overwritten" in capsys.readouterr().err
+    extent["bytes"] = ledger.path.stat().st_size + 10
+    assert cli.main(["--socket", "/x", "provenance", "export", str(tmp_path / "o2")]) == 1
+    assert "shorter" in capsys.readouterr().err
+    extent["path"] = str(tmp_path / "gone.bin")
+    assert cli.main(["--socket", "/x", "provenance", "export", str(tmp_path / "o3")]) == 1
+    assert "run gossipctl as the daemon's user" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--socket", "/x", "provenance", "export"])
+    ledger.close()

@@ -281,11 +281,19 @@ def test_provenance_and_offline_verify(nodes: tuple[LiveNode, LiveNode],
     assert lineage["records"] >= 3 and lineage["data"] and lineage["checkpoints"]
     code, out, _ = ctl(a, "provenance", capsys=capsys)
     assert code == 0 and "ledger" in out and "checkpoint" in out
-    ledger = Path(lineage["ledger"])
-    code, out, _ = ctl(a, "provenance", "verify", str(ledger), capsys=capsys)
+    # The node keeps appending; export copies it up to a head it has just sealed.
+    exported = a.state / "export.bin"
+    code, out, err = ctl(a, "provenance", "export", str(exported), capsys=capsys)
+    assert code == 0 and "verified" in out and str(exported) in out, err
+    code, _, err = ctl(a, "provenance", "export", str(exported), capsys=capsys)
+    assert code == 1 and "never overwritten" in err
+    again = a.state / "export2.bin"
+    code, out, _ = ctl(a, "provenance", "export", str(again), "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["ok"] is True
+    code, out, _ = ctl(a, "provenance", "verify", str(exported), capsys=capsys)
     assert code == 0 and "ledger verified" in out
     bad = a.state / "tampered.bin"
-    blob = bytearray(ledger.read_bytes())
+    blob = bytearray(exported.read_bytes())
     blob[20] ^= 1
     bad.write_bytes(bytes(blob))
     code, _, err = ctl(a, "provenance", "verify", str(bad), capsys=capsys)

@@ -116,7 +116,11 @@ def test_unsigned_records_are_sealed_and_a_killed_tail_is_sealed_at_start(
     head = ledger.sync()
     assert [r.kind for r in verify_file(path)] == ["genesis", "receipt", "receipt", "seal"]
     assert head == ledger.head == ledger.durable_head and ledger.sync() == head  # sealed once
+    assert ledger.durable_size == path.stat().st_size
     whole = path.read_bytes()
+    ledger.append("receipt", receipt(ledger.head, (3, b"\x22" * 32)), fsync=False, sign=False)
+    assert ledger.durable_size == len(whole) < path.stat().st_size  # an export's extent
+    path.write_bytes(whole)  # (as if that record had not been written)
     # an unsigned record appended by someone else (it links, but nothing signs it)
     tail = list(iter_records(whole))[-1][2]
     assert tail is not None
@@ -138,6 +142,7 @@ def test_unsigned_records_are_sealed_and_a_killed_tail_is_sealed_at_start(
     again = Ledger(path, SEED_A, ID_A)  # (the first one is never closed: a kill)
     kinds = [r.kind for r in verify_file(path)]
     assert kinds[-2:] == ["receipt", "seal"] and len(kinds) == 6 and again.dropped_bytes == 0
+    assert again.sealed_at_open == 1 and Ledger(path, SEED_A, ID_A).sealed_at_open == 0
     assert again.durable_head == again.head
 
 
