@@ -151,8 +151,8 @@ class ExchangeOutcome:
     # Time the receipt added to the exchange: hashing our vector before the Hello, signing,
     # checking the peer's signature, and waiting for the hash of its data after the last chunk.
     receipt_s: float = 0.0
-    # Of the exchange's time, what the ledger took: queueing its record (the event loop signs
-    # and writes it on its next turn, after the exchange: Provenance.write_queued).
+    # Of the exchange's time, what the ledger took: queueing its record (the event loop writes
+    # it once the stream is closed, and the fsync thread seals it: Provenance.write_soon).
     ledger_s: float = 0.0
 
 

@@ -135,9 +135,14 @@ class Provenance:
             self.write_queued()
             return
         if token is not self._writer_token:  # first use in this run: start its writer
-            self._writer_token, self._lot = token, trio.lowlevel.ParkingLot()
-            trio.lowlevel.spawn_system_task(self._writer, self._lot,
-                                            name="gossipd.provenance.writer")
+            lot = trio.lowlevel.ParkingLot()
+            try:
+                trio.lowlevel.spawn_system_task(self._writer, lot,
+                                                name="gossipd.provenance.writer")
+            except RuntimeError:  # the run is ending (no new tasks): write now instead
+                self.write_queued()
+                return
+            self._writer_token, self._lot = token, lot
         else:
             self._lot.unpark_all()  # (a socket write to wake the loop would cost ~13 us)
 
