@@ -256,6 +256,15 @@ def markdown(summary: dict[str, Any], series: dict[str, Any], plots: list[Path])
             f"{n.get('incarnations', 1)} | {n['exit_code']} |")
     left = summary.get("leftovers", {})
     lines += ["", f"Left behind after the stop: {left}.", ""]
+    prov = summary.get("provenance")
+    if prov:  # (summaries of older runs have none)
+        excused = (f", {prov['unmatched_excused']} of them cut by a fault or the stop"
+                   if prov["unmatched_excused"] else "")
+        lines += [f"Provenance: {prov['verified']} of {prov['ledgers']} ledgers verify (every "
+                  f"link and signature); {prov['receipts_matched']} exchange receipts are on "
+                  f"both peers' ledgers, identically signed; "
+                  f"{prov['receipts_unmatched']} unmatched{excused}; "
+                  f"{prov['bytes_per_receipt']} ledger bytes per receipt.", ""]
     titles = dict(PLOTS)
     if plots:
         for p in plots:

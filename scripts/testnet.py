@@ -24,7 +24,10 @@ sleeps). A restart reuses the node's config, state dir, key and port.
 status and parameters, SIGTERM all nodes (SIGKILL after 15 s, counted as a failure), and write
 DIR/summary.json, DIR/timeseries.json, PNG plots and DIR/report.md (scripts/report.py), plus a
 table. Exit status 0 when every node started, answered and stopped cleanly (nodes the schedule
-killed excepted); 1 otherwise.
+killed excepted) and the provenance check passed; 1 otherwise. The provenance check
+(scripts/check_ledgers.py): every node's ledger verifies, and every receipt of the run is on
+both peers' ledgers, identically signed (summary.json "provenance"; excused: the receipt of an
+exchange that a fault or the final stop cut after one side had finished it).
 
 `--netns` (root only; scripts/netns.py): every node runs in a network namespace of its own,
 started as `ip netns exec NS python -m gossipd.main ...` (ip execs python, so the pid the testnet
@@ -1013,6 +1016,8 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
     nodes: list[RunNode] = []
     ok = True
     wall0 = time.time()
+    launched_ms = int(wall0 * 1000)  # receipts from before (a reused --out) are not this run's
+    stopped_ms: int | None = None
     collector = Collector(nodes, wall0)
     state = RunState(nodes, collector, net)
     try:
@@ -1069,6 +1074,7 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
         print(f"testnet: {exc}", file=sys.stderr)
         ok = False
     finally:
+        stopped_ms = int(time.time() * 1000)
         stop_all(nodes)
         left = leftovers(nodes)
         shutil.rmtree(sockdir, ignore_errors=True)
@@ -1111,7 +1117,9 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
     }
     clean = all(r["exit_code"] == 0 for r in rows if not r["killed"])
     clean = clean and not any(n.early_exits for n in nodes)
-    summary["ok"] = ok = ok and clean and not any(left.values())
+    summary["provenance"] = prov = provenance_check(args.out, nodes, state.applied,
+                                                    launched_ms, wall0, stopped_ms)
+    summary["ok"] = ok = ok and clean and not any(left.values()) and prov["ok"]
     if net is None:
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     series = timeseries(args, collector, evaluator, state.applied, wall0)
@@ -1123,6 +1131,7 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (args.out / "timeseries.json").write_text(json.dumps(series))
     print_table(summary)
+    print_provenance(summary["provenance"])
     for part in summary.get("partitions", []):
         print_partition(part)
     try:
@@ -1135,6 +1144,66 @@ def run_nodes(args: argparse.Namespace, net: netns.Network | None) -> int:
         return 1
     print(f"report: {', '.join(str(p.relative_to(args.out)) for p in written)} in {args.out}")
     return 0 if ok else 1
+
+
+def provenance_check(out: Path, nodes: list[RunNode], applied: list[dict[str, Any]],
+                     launched_ms: int, start_wall: float, stopped_ms: int | None
+                     ) -> dict[str, Any]:
+    """Every node's ledger verifies (links, signatures, both signatures of every receipt), and
+    every receipt of this run is on both peers' ledgers, identically signed
+    (scripts/check_ledgers.py). Excused: the receipt of an exchange a fault or the final stop
+    cut, which one side finished and the other did not (started within the exchange deadline
+    before a fault, during one, or before the stop), and the unsealed tail of a node whose last
+    incarnation was SIGKILLed."""
+    import check_ledgers
+
+    from gossipd.config import ConfigError
+    from gossipd.config import load as load_config
+
+    try:
+        grace_ms = int(max(load_config(Path(n.spec.config)).averaging.timeout_s
+                           for n in nodes) * 1000)
+    except (ConfigError, OSError, ValueError):
+        grace_ms = 10_000
+    windows = []
+    for f in applied:
+        if f.get("skipped"):
+            continue
+        at_ms = int((start_wall + f["at_s"]) * 1000)
+        windows.append((at_ms - grace_ms, at_ms + int(f.get("duration_s", 0) * 1000) + grace_ms))
+    if stopped_ms is not None:
+        windows.append((stopped_ms - grace_ms, 2**63 - 1))
+    result = check_ledgers.check(out, {f"node{n.index}" for n in nodes}, launched_ms)
+    killed = {f"node{n.index}" for n in nodes if n.killed}
+    ok = check_ledgers.judge(result, killed, windows)
+    rows = result["nodes"].values()
+    receipts = sum(r["receipts"] for r in rows)
+    unmatched = result["receipts_unmatched"]
+    return {
+        "ok": ok, "ledgers": len(rows), "verified": sum(bool(r["ok"]) for r in rows),
+        "errors": {k: r["error"] for k, r in result["nodes"].items() if r["error"]},
+        "receipts_matched": result["receipts_matched"],
+        "receipts_unmatched": len(unmatched),
+        "unmatched_excused": sum(u["excused"] is not None for u in unmatched),
+        "unmatched": unmatched[:20],
+        "ledger_bytes": sum(r["bytes"] for r in rows),
+        "bytes_per_receipt": round(sum(r["bytes"] for r in rows) / max(1, receipts)),
+    }
+
+
+def print_provenance(prov: dict[str, Any]) -> None:
+    excused = (f" ({prov['unmatched_excused']} cut by a fault or the stop)"
+               if prov["unmatched_excused"] else "")
+    print(f"provenance {prov['verified']}/{prov['ledgers']} ledgers verify   "
+          f"{prov['receipts_matched']} receipts on both peers, identically signed   "
+          f"unmatched {prov['receipts_unmatched']}{excused}   "
+          f"{prov['bytes_per_receipt']} ledger bytes per receipt")
+    for name, error in prov["errors"].items():
+        print(f"provenance {name}: {error}")
+    for u in prov["unmatched"]:
+        if u["excused"] is None:
+            print(f"provenance exchange {u['exchange_id']}: on {u['found_on']}, expected on "
+                  f"{u['expected_on']}{'' if u['identical'] else ', the copies differ'}")
 
 
 def rss_summary(n: RunNode, seconds: float) -> dict[str, Any]:

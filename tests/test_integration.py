@@ -113,6 +113,7 @@ def test_three_node_testnet_converges_and_survives_a_sigkill(tmp_path: Path) -> 
     assert summary["leftovers"] == {"processes_alive": [], "sockets_left": [],
                                     "ports_listening": []}
     assert summary["consensus_distance"] < 1.0
+    assert summary["provenance"]["ok"] and summary["provenance"]["verified"] == 3
     # provenance: every ledger verifies and every receipt is on both peers, identically signed
     check = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "check_ledgers.py"), str(out), "--killed",

@@ -217,6 +217,11 @@ def test_short_run_writes_plots_and_report(tmp_path: Path) -> None:
     assert "![accuracy](accuracy.png)" in report and "pause:1@6+4" in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and [f["action"] for f in summary["faults"]] == ["pause", "resume"]
+    # provenance: both ledgers verify, the run's receipts are on both, identically signed
+    prov = summary["provenance"]
+    assert prov["ok"] and prov["ledgers"] == prov["verified"] == 2
+    assert prov["receipts_matched"] > 5 and 300 < prov["bytes_per_receipt"] < 2000
+    assert "ledgers verify" in r.stdout and "Provenance: 2 of 2 ledgers verify" in report
     series = json.loads((out / "timeseries.json").read_text())
     assert len(series["polls"]) >= 8
     # the paused node is missing from the polls while it is stopped, present before and after
@@ -225,6 +230,35 @@ def test_short_run_writes_plots_and_report(tmp_path: Path) -> None:
     assert "1" in series["polls"][-1]["node_accuracy"]
     assert all(len(series["history"][str(i)]) >= 5 for i in range(2))
     assert series["polls"][-1]["avg_model_accuracy"] > 0.8
+
+
+def test_the_ledger_check_excuses_only_what_a_kill_a_fault_or_the_stop_cut() -> None:
+    """A receipt on one side only is a failure, unless a node in it was killed, or its
+    exchange started inside a fault's window or the final stop's; copies that differ always
+    fail; so does an unsealed tail of a node that was not killed."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import check_ledgers
+
+    def result(*unmatched: tuple[list[str], bool, int]) -> dict[str, Any]:
+        return {"nodes": {f"node{i}": {"ok": True, "error": None, "unsealed": 0}
+                          for i in range(3)},
+                "receipts_matched": 9,
+                "receipts_unmatched": [{"exchange_id": "x", "found_on": on[:1],
+                                        "expected_on": on, "identical": same, "time_ms": t}
+                                       for on, same, t in unmatched]}
+
+    pair = ["node0", "node1"]
+    assert check_ledgers.judge(result(), set())
+    assert not check_ledgers.judge(result((pair, True, 5_000)), set(), [(0, 4_999)])
+    assert check_ledgers.judge(result((pair, True, 5_000)), set(), [(0, 5_000)])
+    assert check_ledgers.judge(result((pair, True, 5_000)), {"node1"})
+    assert not check_ledgers.judge(result((pair, False, 5_000)), set(), [(0, 9_000)])
+    tail = result()
+    tail["nodes"]["node2"]["unsealed"] = 3
+    assert check_ledgers.judge(tail, {"node2"}) and not check_ledgers.judge(tail, set())
+    assert "not killed" in tail["nodes"]["node2"]["error"]
+    assert not check_ledgers.judge({"nodes": {}, "receipts_matched": 0,
+                                    "receipts_unmatched": []}, set())
 
 
 def _load_report() -> ModuleType:
