@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gossipd import ledger_files
+
 # Under systemd the socket lives in RuntimeDirectory; a node run by hand uses its state_dir.
 DEFAULT_SOCKETS = (Path("/run/gossipd/control.sock"), Path("/var/lib/gossipd/control.sock"))
 TIMEOUT_S = 10.0
@@ -36,6 +38,7 @@ examples:
   gossipctl dashboard                    the web dashboard's URL (node.dashboard_listen)
   gossipctl provenance                   contributors to this node's model, from its ledger
   gossipctl provenance verify ledger.bin offline check of every link and signature
+  gossipctl provenance verify a.bin b.bin ...  several nodes' ledgers against each other too
   gossipctl provenance export out.bin    a sealed copy of the running node's ledger, verified
   gossipctl --socket ./n0/control.sock status
 
@@ -252,62 +255,6 @@ def _request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return cmd, {}
 
 
-def export_ledger(extent: dict[str, Any], out: str, as_json: bool) -> int:
-    """`gossipctl provenance export OUT`: the daemon has sealed and fsync'd its ledger
-    (`extent`: path and sealed size); copy the file up to that size, which is a whole, sealed
-    ledger even while the node keeps appending, then verify the copy. Exit 0 exported and
-    verified, 1 not."""
-    src, size, dest = Path(extent["path"]), int(extent["bytes"]), Path(out)
-    try:
-        with open(src, "rb") as f:
-            blob = f.read(size)
-    except OSError as exc:
-        print(f"gossipctl: cannot read the ledger {src}: {exc}; run gossipctl as the daemon's "
-              "user (e.g. sudo -u gossipd gossipctl provenance export OUT)", file=sys.stderr)
-        return 1
-    if len(blob) != size:
-        print(f"gossipctl: the ledger {src} is shorter ({len(blob)} bytes) than the daemon "
-              f"sealed ({size}); was it moved or cut?", file=sys.stderr)
-        return 1
-    try:
-        with open(dest, "xb") as f:  # never overwrite: an export is evidence
-            f.write(blob)
-    except OSError as exc:
-        print(f"gossipctl: cannot write {dest}: {exc} (an existing file is never overwritten: "
-              "choose another name)", file=sys.stderr)
-        return 1
-    code = verify_ledger(str(dest), as_json, quiet=not as_json)
-    if code == 0 and not as_json:
-        print(f"exported {src} up to its sealed head {extent['seq']} "
-              f"({extent['head'][:16]}, {size} bytes) to {dest}; verified")
-    return code
-
-
-def verify_ledger(path: str, as_json: bool, quiet: bool = False) -> int:
-    """`gossipctl provenance verify FILE`: offline, no daemon. Exit 0 verified, 1 not."""
-    from gossipd.ledger import LedgerError, verify_file
-    from protocol.receipt import ReceiptBody
-
-    try:
-        records = verify_file(Path(path))
-    except (LedgerError, OSError) as exc:
-        if as_json:
-            print(json.dumps({"ok": False, "error": str(exc)}))
-        else:
-            print(f"gossipctl: ledger does NOT verify: {exc}", file=sys.stderr)
-        return 1
-    receipts = [ReceiptBody.from_bytes(r.data["body"]) for r in records if r.kind == "receipt"]
-    owner = records[0].data["peer_id"].hex()
-    result = {"ok": True, "records": len(records), "receipts": len(receipts),
-              "owner": owner, "head": records[-1].hash.hex()}
-    if as_json:
-        print(json.dumps(result))
-    elif not quiet:
-        print(f"ledger verified: {len(records)} records, {len(receipts)} receipts signed by both "
-              f"peers, every link and signature good; head {result['head'][:16]}")
-    return 0
-
-
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -355,8 +302,11 @@ def _parser() -> argparse.ArgumentParser:
                        "ledger copied by hand from a running node may end in records not sealed "
                        "yet (at most 0.25 s of them): `export` avoids that.")
     p.add_argument("action", nargs="?", choices=["verify", "export"])
-    p.add_argument("file", nargs="?", help="verify: a ledger file (state_dir/ledger.bin); "
-                   "export: the file to write")
+    p.add_argument("file", nargs="*", help="verify: one or more ledger files (exports, or "
+                   "state_dir/ledger.bin of a stopped node); several are also checked against "
+                   "each other: receipts identical on both sides, every head a node showed in "
+                   "an exchange still in its ledger (else its history was rewritten), and "
+                   "which nodes reached each model. export: the file to write")
     sub.add_parser("dashboard", parents=[common], help="the URL of the node's web dashboard",
                    description="Prints the dashboard URL (set node.dashboard_listen, e.g. "
                    "\"127.0.0.1:8470\", to turn the dashboard on).")
@@ -374,8 +324,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("peers add needs ADDR; remove, ban and unban need PEER; list takes none")
     if args.command == "provenance" and args.action is not None and not args.file:
         parser.error(f"provenance {args.action} needs FILE")
+    if args.command == "provenance" and args.action == "export" and len(args.file) > 1:
+        parser.error("provenance export takes one FILE")
+    if args.command == "provenance" and args.action is None and args.file:
+        parser.error("provenance takes FILE only after `verify` or `export`")
     if args.command == "provenance" and args.action == "verify":
-        return verify_ledger(args.file, getattr(args, "json", False))
+        if len(args.file) == 1:
+            return ledger_files.verify_ledger(args.file[0], getattr(args, "json", False))
+        return ledger_files.audit_ledgers(args.file, getattr(args, "json", False))
     cmd, cmd_args = _request_of(args)
     timeout = COMMAND_TIMEOUT_S if cmd == "average-now" else TIMEOUT_S
     try:
@@ -395,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                   "config, then restart gossipd", file=sys.stderr)
         return 0 if url else 1
     if cmd == "provenance.seal":
-        return export_ledger(result, args.file, getattr(args, "json", False))
+        return ledger_files.export_ledger(result, args.file[0], getattr(args, "json", False))
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
     else:

@@ -101,7 +101,7 @@ def test_every_kind_of_tampering_is_detected(tmp_path: Path) -> None:
     inserted, _ = encode_record(SEED_A, mid.seq + 1, mid.hash, "checkpoint", 0,
                                 {"params_hash": b"\x66" * 32, "step": 2})
     out.write_bytes(b"".join([*recs[:2], inserted, *recs[2:]]))
-    with pytest.raises(LedgerError, match="does not link|sequence"):
+    with pytest.raises(LedgerError, match=r"does not link|sequence"):
         verify_file(out)
     # rewritten history re-signed by the owner still breaks the chain after the change
     own, _ = encode_record(SEED_A, 2, b"\x00" * 32, "checkpoint", 0, {"step": 5})
