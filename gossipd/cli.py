@@ -172,7 +172,22 @@ def render_provenance(p: dict[str, Any]) -> str:
         lines.append(f"not merged  {peer}: {n} exchange(s) whose parameters were refused")
     for c in p["checkpoints"][-3:]:
         lines.append(f"checkpoint  step {c['data']['step']}  {c['data']['params_hash'][:16]}")
+    if p.get("since_ms"):
+        merged = sum(c["exchanges"] for c in p["contributors"])
+        lines.append(f"since       {_clock(p['since_ms'], True)} (ledger start): {merged} merged "
+                     f"of {p['receipts']} exchanges with {len(p['contributors'])} peer(s)")
+    if p["latest_exchanges"]:
+        lines.append("latest exchanges (time, role, peer, my step / peer step):")
+    for x in p["latest_exchanges"][-5:]:
+        peer = x["peer"] if len(x["peer"]) <= 20 else "…" + x["peer"][-19:]
+        lines.append(f"  {_clock(x['time_ms'])}  {x['role']:<9}  {peer:<20}  "
+                     f"{x['my_step']} / {x['peer_step']}"
+                     + ("" if x["merged"] else "  not merged"))
     return "\n".join(lines)
+
+
+def _clock(ms: int, date: bool = False) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(ms / 1000))
 
 
 def render_result(command: str, result: Any) -> str:

@@ -321,6 +321,7 @@ class Provenance:
             "ledger": str(self.ledger.path),
             "head": {"seq": seq, "hash": head.hex()},
             "records": len(records),
+            "since_ms": records[0].time_ms if records else None,  # genesis: initialisation
             "receipts": len(exchanges),
             "contributors": [{"peer": p, "exchanges": n, "samples": samples[p]}
                              for p, n in contributions.most_common()],

@@ -181,7 +181,9 @@ async def test_a_refused_vector_keeps_its_receipt_marked_not_merged(tmp_path: Pa
     lineage = await a.provenance.lineage({})
     assert lineage["contributors"] == [] and sum(lineage["not_merged"].values()) == 1
     assert lineage["latest_exchanges"][-1]["merged"] is False
-    assert "not merged" in render_provenance(lineage)
+    text = render_provenance(lineage)
+    assert "not merged" in text and "since" in text and "0 merged of 1 exchanges" in text
+    assert text.splitlines()[-1].endswith("not merged")  # the latest exchange, marked
     verify_file(a.provenance.ledger.path)
 
 
