@@ -20,8 +20,10 @@ Rules:
   record of that exchange in its ledger; peers without an audited ledger are taken to merge)
   takes on every node that had reached the peer before. For each audited node: every node that
   reached its model, the first time, and how many exchanges the shortest chain took (1 =
-  directly). Influence is not weight: a node reached through one exchange long ago counts as
-  much as a direct partner; the counts say how close.
+  directly), with the data sets that node recorded (hash and samples of each `data` record):
+  the model tied to the data that trained it, without the data. Influence is not weight: a
+  node reached through one exchange long ago counts as much as a direct partner; the counts
+  say how close.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Audited:
     owner: bytes = b""
     receipts: dict[bytes, tuple[ReceiptBody, dict[str, Any]]] = field(default_factory=dict)
     refused: set[bytes] = field(default_factory=set)
+    datasets: list[dict[str, Any]] = field(default_factory=list)  # its `data` records, in order
 
     def __post_init__(self) -> None:
         self.owner = self.records[0].data["peer_id"]
@@ -53,6 +56,10 @@ class Audited:
                 self.receipts[body.exchange_id] = (body, rec.data)
             elif rec.kind == "refused":
                 self.refused.add(rec.data.get("exchange_id", b""))
+            elif rec.kind == "data" and isinstance(rec.data.get("dataset_hash"), bytes):
+                self.datasets.append({"dataset_hash": rec.data["dataset_hash"].hex(),
+                                      "samples": rec.data.get("samples"),
+                                      "time_ms": rec.time_ms})
 
     @property
     def last_ms(self) -> int:
@@ -164,12 +171,14 @@ def audit(named: Sequence[tuple[str, list[Record]]]) -> dict[str, Any]:
                          "node (the newest)")
     result = cross_check(ledgers)
     result["owners"] = {lg.name: base58(lg.owner) for lg in ledgers}
+    data = {lg.owner: lg.datasets for lg in ledgers}
+    result["datasets"] = {lg.name: lg.datasets for lg in ledgers}
     trees = lineage(ledgers)
     result["lineage"] = {}
     for lg in ledgers:
         direct = merged_from(lg)
         result["lineage"][lg.name] = [
             {"peer": names.get(p, base58(p)), "peer_id": base58(p), "first_ms": t, "hops": h,
-             "merged": direct.get(p, 0), "audited": p in names}
+             "merged": direct.get(p, 0), "audited": p in names, "datasets": data.get(p, [])}
             for p, (t, h) in sorted(trees[lg.owner].items(), key=lambda kv: (kv[1][1], kv[1][0]))]
     return result

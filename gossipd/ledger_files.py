@@ -117,13 +117,21 @@ def render_audit(r: dict[str, Any], verified: list[tuple[str, list[Any]]]) -> st
     lines += [f"REWRITTEN  {h['ledger']}: {h['problem']}" for h in r["histories_rewritten"]]
     for name, reached in r["lineage"].items():
         direct = sum(1 for x in reached if x["hops"] == 1)
-        lines.append(f"lineage    {name}: {len(reached)} nodes reached its model, "
-                     f"{direct} directly")
+        own = _datasets(r["datasets"][name])
+        lines.append(f"lineage    {name}{f' (data {own})' if own else ''}: {len(reached)} "
+                     f"nodes reached its model, {direct} directly")
         for x in reached:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x["first_ms"] / 1000))
             via = (f"directly, {x['merged']} vectors merged" if x["hops"] == 1
                    else f"through {x['hops']} exchanges")
+            data = _datasets(x["datasets"])
             lines.append(f"             {x['peer']:<20} first {when}, {via}"
+                         + (f"; data {data}" if data else "")
                          + ("" if x["audited"] else " (ledger not given)"))
     lines.append("audit " + ("passed" if r["ok"] else "FAILED"))
     return "\n".join(lines)
+
+
+def _datasets(records: list[dict[str, Any]]) -> str:
+    """The last two data sets a ledger recorded, short."""
+    return ", ".join(f"{d['dataset_hash'][:16]} ({d['samples']} samples)" for d in records[-2:])

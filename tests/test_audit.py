@@ -50,6 +50,7 @@ def run_audit(tmp: Path, *names: str) -> dict[str, object]:
 
 def test_matching_ledgers_pass_and_lineage_follows_time(tmp_path: Path) -> None:
     led = open_all(tmp_path)
+    led[ID_A].append("data", {"dataset_hash": b"\x11" * 32, "samples": 5, "task": {}})
     exchange(led, 1, ID_A, ID_B, T0)
     exchange(led, 2, ID_B, ID_X, T0 + 1000)  # x hears of a through b
     exchange(led, 3, ID_A, ID_B, T0 + 2000)
@@ -64,6 +65,10 @@ def test_matching_ledgers_pass_and_lineage_follows_time(tmp_path: Path) -> None:
     assert lineage["a"] == {"b": (1, 2), "x": (2, 0)}  # x reached a via b at the third
     assert lineage["b"] == {"a": (1, 2), "x": (1, 1)}
     assert r["owners"] == {"a": base58(ID_A), "b": base58(ID_B), "x": base58(ID_X)}
+    # x's model is tied to a's data set, which reached it through b
+    via_b = {x["peer"]: x for x in r["lineage"]["x"]}["a"]  # type: ignore[index]
+    assert [d["dataset_hash"] for d in via_b["datasets"]] == ["11" * 32]
+    assert r["datasets"]["a"][0]["samples"] == 5 and r["datasets"]["x"] == []  # type: ignore[index]
 
 
 def test_a_refused_vector_does_not_carry_lineage(tmp_path: Path) -> None:
@@ -133,6 +138,7 @@ def test_one_sided_and_differing_receipts(tmp_path: Path) -> None:
 
 def test_gossipctl_verify_several(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     led = open_all(tmp_path)
+    led[ID_B].append("data", {"dataset_hash": b"\x22" * 32, "samples": 7, "task": {}})
     exchange(led, 1, ID_A, ID_B, T0)
     for lg in led.values():
         lg.close()
@@ -141,6 +147,7 @@ def test_gossipctl_verify_several(tmp_path: Path, capsys: pytest.CaptureFixture[
     text = capsys.readouterr().out
     assert "1 on both sides, identically signed" in text and text.endswith("audit passed\n")
     assert f"{b:<20} first" in text and "directly, 1 vectors merged" in text
+    assert "merged; data 2222222222222222 (7 samples)" in text
     assert cli.main(["provenance", "verify", a, b, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["receipts_matched"] == 1
     assert cli.main(["provenance", "verify", a, a]) == 2  # the same node twice
