@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,11 +67,19 @@ def check(out: Path, names: set[str] | None = None, since_ms: int = 0) -> dict[s
         row["bytes_per_record"] = round(row["bytes"] / max(1, len(records)), 1)
         if records:
             owners[records[0].data["peer_id"]] = name
+        refused = {r.data.get("exchange_id") for r in records if r.kind == "refused"}
+        merged_from: Counter[bytes] = Counter()
         for r in receipts:
             body = ReceiptBody.from_bytes(r.data["body"])
             if body.time_ms >= since_ms:
                 by_exchange[body.exchange_id].append((name, r.data))
+                if body.exchange_id not in refused:
+                    mine = records[0].data["peer_id"]
+                    merged_from[body.responder if body.initiator == mine else body.initiator] += 1
+        row["merged_from"] = merged_from
         nodes[name] = row
+    for row in nodes.values():  # peers by node name now that every owner is known
+        row["merged_from"] = {owners.get(p, p.hex()): n for p, n in row["merged_from"].items()}
     matched, unmatched = 0, []
     for xid, holders in by_exchange.items():
         body = ReceiptBody.from_bytes(holders[0][1]["body"])

@@ -12,6 +12,9 @@ backend, no display needed):
                  time, log scale; dotted: each node's own estimate from its pair distances
   bytes.png      bytes sent and received per node over time (node histories)
   latency.png    mean duration of the exchanges in each history interval, per node
+  provenance.png how many vectors each node merged from each other node during the run, from
+                 the receipts in their ledgers (summary.json "provenance"; runs before it had
+                 none, and get none)
 
 Faults of the schedule are drawn as vertical lines (a pause as a shaded span). A node that was
 killed simply has no points after its death; a restarted node's counters start again from 0.
@@ -32,6 +35,7 @@ PLOTS = (
     ("consensus.png", "Consensus distance (log scale)"),
     ("bytes.png", "Bytes sent and received per node"),
     ("latency.png", "Exchange latency per node"),
+    ("provenance.png", "Vectors merged, from the ledgers' receipts"),
 )
 FAULT_COLOURS = {"kill": "tab:red", "stop": "tab:orange", "restart": "tab:green",
                  "pause": "tab:gray", "resume": "tab:gray"}
@@ -213,7 +217,40 @@ def plot(out: Path, summary: dict[str, Any], series: dict[str, Any]) -> list[Pat
     ax.set_ylim(bottom=0)
     ax.set_title(PLOTS[3][1] + " (mean per history interval, both roles)", fontsize=10)
     finish(fig, ax, PLOTS[3][0], "ms per exchange")
+    merged = (summary.get("provenance") or {}).get("merged")
+    if merged:
+        written.append(plot_provenance(out, merged, plt))
     return written
+
+
+def plot_provenance(out: Path, merged: dict[str, dict[str, int]], plt: Any) -> Path:
+    """provenance.png: a matrix of the vectors each node merged from each other node during
+    the run, as its ledger's receipts say (a refused vector does not count)."""
+    names = sorted(set(merged) | {p for row in merged.values() for p in row},
+                   key=lambda n: (len(n), n))
+    grid = [[merged.get(r, {}).get(c, 0) for c in names] for r in names]
+    size = 2.2 + 0.45 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(grid, cmap="Blues", vmin=0)
+    short = [n.removeprefix("node") for n in names]
+    ax.set_xticks(range(len(names)), short, fontsize=8)
+    ax.set_yticks(range(len(names)), short, fontsize=8)
+    ax.set_xlabel("contributor (node)")
+    ax.set_ylabel("merged into (node)")
+    top = max((v for row in grid for v in row), default=0)
+    if len(names) <= 16:  # the counts themselves, where they fit
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if i != j:
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                            color="white" if v > 0.6 * top else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="vectors merged")
+    ax.set_title(PLOTS[4][1], fontsize=10)
+    fig.tight_layout()
+    path = out / PLOTS[4][0]
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

@@ -1186,6 +1186,8 @@ def provenance_check(out: Path, nodes: list[RunNode], applied: list[dict[str, An
         "receipts_unmatched": len(unmatched),
         "unmatched_excused": sum(u["excused"] is not None for u in unmatched),
         "unmatched": unmatched[:20],
+        # vectors each node merged from each other node during the run (report.py draws it)
+        "merged": {k: r["merged_from"] for k, r in result["nodes"].items()},
         "ledger_bytes": sum(r["bytes"] for r in rows),
         "bytes_per_receipt": round(sum(r["bytes"] for r in rows) / max(1, receipts)),
     }

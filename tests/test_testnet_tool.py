@@ -209,8 +209,9 @@ def test_short_run_writes_plots_and_report(tmp_path: Path) -> None:
     out = tmp_path / "run"
     r = ok(tn_cmd("run", "--nodes", 2, "--seconds", 20, "--partition", "iid",
                    "--fault", "pause:1@6+4", "--report-every", 10, "--out", out, timeout=300))
-    assert "report: accuracy.png, consensus.png, bytes.png, latency.png, report.md" in r.stdout
-    for name in ("accuracy.png", "consensus.png", "bytes.png", "latency.png"):
+    assert ("report: accuracy.png, consensus.png, bytes.png, latency.png, provenance.png, "
+            "report.md") in r.stdout
+    for name in ("accuracy.png", "consensus.png", "bytes.png", "latency.png", "provenance.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     report = (out / "report.md").read_text()
@@ -221,6 +222,7 @@ def test_short_run_writes_plots_and_report(tmp_path: Path) -> None:
     prov = summary["provenance"]
     assert prov["ok"] and prov["ledgers"] == prov["verified"] == 2
     assert prov["receipts_matched"] > 5 and 300 < prov["bytes_per_receipt"] < 2000
+    assert prov["merged"]["node0"]["node1"] > 5 and prov["merged"]["node1"]["node0"] > 5
     assert "ledgers verify" in r.stdout and "Provenance: 2 of 2 ledgers verify" in report
     series = json.loads((out / "timeseries.json").read_text())
     assert len(series["polls"]) >= 8
