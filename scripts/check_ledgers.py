@@ -7,9 +7,10 @@ For every DIR/node*/state/ledger.bin: every link and signature (a torn last reco
 SIGKILL mid-append, is reported and not counted; so is an unsealed tail, the unsigned records a
 SIGKILL left after the last seal, which the node seals at its next start: allowed only for a
 node named in --killed); then every receipt must appear, byte for byte and identically signed,
-in the ledgers of both peers it names. Prints one row per node and the
-cross-check; `--json` for scripts. Exit 0 when every ledger verifies and every receipt of a node
-that was not killed is found on both sides.
+in the ledgers of both peers it names (a receipt with a peer that has no ledger in DIR, such as
+an outside process, is counted apart). Prints one row per node and the cross-check; `--json`
+for scripts. Exit 0 when every ledger verifies and every receipt of a node that was not killed
+is found on both sides.
 """
 
 from __future__ import annotations
@@ -80,10 +81,13 @@ def check(out: Path, names: set[str] | None = None, since_ms: int = 0) -> dict[s
         nodes[name] = row
     for row in nodes.values():  # peers by node name now that every owner is known
         row["merged_from"] = {owners.get(p, p.hex()): n for p, n in row["merged_from"].items()}
-    matched, unmatched = 0, []
+    matched, unmatched, outside = 0, [], 0
     for xid, holders in by_exchange.items():
         body = ReceiptBody.from_bytes(holders[0][1]["body"])
         expected = {owners.get(body.initiator, "?"), owners.get(body.responder, "?")}
+        if "?" in expected and len(holders) == 1:  # with a peer whose ledger is not here
+            outside += 1
+            continue
         found_on = {n for n, _ in holders}
         same = all(d == holders[0][1] for _, d in holders)
         if found_on == expected and len(holders) == 2 and same:
@@ -92,7 +96,8 @@ def check(out: Path, names: set[str] | None = None, since_ms: int = 0) -> dict[s
             unmatched.append({"exchange_id": xid.hex(), "found_on": sorted(found_on),
                               "expected_on": sorted(expected), "identical": same,
                               "time_ms": body.time_ms})
-    return {"nodes": nodes, "receipts_matched": matched, "receipts_unmatched": unmatched}
+    return {"nodes": nodes, "receipts_matched": matched, "receipts_unmatched": unmatched,
+            "receipts_with_outsiders": outside}
 
 
 def judge(result: dict[str, Any], killed: set[str],

@@ -1183,6 +1183,7 @@ def provenance_check(out: Path, nodes: list[RunNode], applied: list[dict[str, An
         "ok": ok, "ledgers": len(rows), "verified": sum(bool(r["ok"]) for r in rows),
         "errors": {k: r["error"] for k, r in result["nodes"].items() if r["error"]},
         "receipts_matched": result["receipts_matched"],
+        "receipts_with_outsiders": result["receipts_with_outsiders"],  # no ledger to check
         "receipts_unmatched": len(unmatched),
         "unmatched_excused": sum(u["excused"] is not None for u in unmatched),
         "unmatched": unmatched[:20],
