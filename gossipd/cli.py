@@ -313,7 +313,9 @@ def _parser() -> argparse.ArgumentParser:
                        "ledger. `export OUT` has the node seal and fsync its ledger and copies it "
                        "up to that sealed head into OUT (never overwritten), then verifies the "
                        "copy. `verify FILE` checks an exported ledger offline (no daemon): every "
-                       "link, every record signature and both signatures of every receipt. A "
+                       "link, every record signature and both signatures of every receipt; "
+                       "`verify A B ...` (several nodes' exports) audits them together too and "
+                       "prints each model's lineage, with the data sets that reached it. A "
                        "ledger copied by hand from a running node may end in records not sealed "
                        "yet (at most 0.25 s of them): `export` avoids that.")
     p.add_argument("action", nargs="?", choices=["verify", "export"])
