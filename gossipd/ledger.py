@@ -47,12 +47,15 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +170,7 @@ def _decode_body(body: bytes, where: str) -> tuple[int, bytes, str, int, dict[st
     return seq, prev, str(kind), time_ms, data
 
 
-def iter_records(blob: bytes) -> Iterator[tuple[int, int, Record | None]]:
+def iter_records(blob: bytes | mmap.mmap) -> Iterator[tuple[int, int, Record | None]]:
     """(offset, end, record) for each whole record; (offset, end, None) where a damaged or
     torn record starts (nothing after it is trusted)."""
     pos = 0
@@ -276,6 +279,89 @@ def verify_own(records: list[Record], peer_id_bytes: bytes) -> None:
         raise LedgerError(f"record {last}: bad signature") from None
 
 
+@contextmanager
+def _mapped(path: Path) -> Iterator[bytes | mmap.mmap]:
+    """The file's bytes without reading them all into memory (b"" when empty or missing).
+    Ledgers are only ever cut at open, before anything maps them."""
+    if not path.exists() or path.stat().st_size == 0:
+        yield b""
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        yield m
+
+
+def iter_file(path: Path) -> Iterator[Record]:
+    """The whole records of a ledger file, one at a time (memory stays flat however long the
+    ledger); stops at a torn or damaged record."""
+    with _mapped(path) as blob:
+        for _offset, _end, rec in iter_records(blob):
+            if rec is None:
+                return
+            yield rec
+
+
+@dataclass
+class _Scan:
+    """What opening a ledger keeps of it: no list of records."""
+
+    count: int = 0
+    good: int = 0  # byte offset where the whole records end
+    genesis: Record | None = None
+    last: Record | None = None
+    last_signed: int = -1  # index of the last signed record
+    last_signed_record: Record | None = None
+    last_of_kind: dict[str, Record] = field(default_factory=dict)
+    digests: deque[bytes] = field(default_factory=lambda: deque(maxlen=KEEP_DIGESTS))
+
+
+def _scan(path: Path, on_record: Callable[[Record], None] | None = None) -> _Scan:
+    """One pass over a ledger file: links and sequence numbers checked as it goes (as
+    `_check_links`), the last records of each kind and the newest digests kept, each whole
+    record handed to `on_record`. A bad record followed by more bytes is damage (LedgerError);
+    a bad last record is a torn append (not handed on)."""
+    scan = _Scan()
+    prev = ZERO
+    with _mapped(path) as blob:
+        size = len(blob)
+        for offset, end, rec in iter_records(blob):
+            if rec is None:
+                if end < size:
+                    raise LedgerError(
+                        f"{path}: record at byte {offset} is damaged and more records follow; "
+                        f"this is not a torn append. Keep the file for inspection (gossipctl "
+                        f"provenance verify) and move it aside to start a new ledger")
+                break
+            i = scan.count
+            if rec.seq != i:
+                raise LedgerError(f"record {i}: sequence number {rec.seq} (removed or reordered)")
+            if rec.prev != prev:
+                raise LedgerError(f"record {i}: does not link to record {i - 1}")
+            prev = rec.hash
+            if i == 0:
+                scan.genesis = rec
+            if rec.signed:
+                scan.last_signed, scan.last_signed_record = i, rec
+            scan.last_of_kind[rec.kind] = rec
+            scan.digests.append(rec.digest)
+            if on_record is not None:
+                on_record(rec)
+            scan.last, scan.count, scan.good = rec, i + 1, end
+    return scan
+
+
+def _verify_own_scan(scan: _Scan, peer_id_bytes: bytes) -> None:
+    """`verify_own` on a streamed scan (links already checked by `_scan`)."""
+    assert scan.genesis is not None
+    key = _owner_key([scan.genesis], peer_id_bytes)
+    rec = scan.last_signed_record
+    if rec is None:
+        raise LedgerError("record 0: genesis is not signed")
+    try:
+        verify(key, rec.hash, rec.sig)
+    except AuthenticationError:
+        raise LedgerError(f"record {scan.last_signed}: bad signature") from None
+
+
 def read_records(path: Path) -> tuple[list[Record], int]:
     """The whole records of a ledger file, and the byte offset where they end. Only the last
     record can be torn (appends are whole records); a bad record with more bytes after it is
@@ -317,14 +403,18 @@ class Ledger:
     between trims) are held; `read()` gets the records from the file (in a worker thread when
     the event loop is running)."""
 
-    def __init__(self, path: Path, seed: bytes, peer_id_bytes: bytes) -> None:
+    def __init__(self, path: Path, seed: bytes, peer_id_bytes: bytes,
+                 on_record: Callable[[Record], None] | None = None) -> None:
+        """Open (and repair) the ledger; `on_record` sees every whole record of the file as
+        it is read (one pass for whoever needs them too, e.g. Provenance.open)."""
         self.path = path
         self.signer = Signer(seed)
         self.peer_id_bytes = peer_id_bytes
         if public_key_from_seed(seed) != ed25519_public_key_from_peer_id(peer_id_bytes):
             raise ValueError("ledger seed does not belong to the peer ID")
         size = path.stat().st_size if path.exists() else 0
-        records, good = read_records(path)
+        scan = _scan(path, on_record)  # one streaming pass; no list of records is kept
+        good = scan.good
         self.dropped_bytes = size - good
         self._size = good
         if self.dropped_bytes:
@@ -332,20 +422,21 @@ class Ledger:
                 f.truncate(good)
                 f.flush()
                 os.fsync(f.fileno())
-        if records:
-            verify_own(records, peer_id_bytes)
-        self._head = (records[-1].seq, records[-1].hash) if records else (-1, ZERO)
+        if scan.last is not None:
+            _verify_own_scan(scan, peer_id_bytes)
+        last = scan.last
+        self._head = (last.seq, last.hash) if last is not None else (-1, ZERO)
         self._durable = self._head
         self._durable_size = good
-        self._sealed = not records or records[-1].signed  # the last record is signed
+        self._sealed = last is None or last.signed  # the last record is signed
         # Unsigned records a killed process left after its last seal (sealed below).
-        self.sealed_at_open = 0 if self._sealed else len(records) - 1 - _last_signed(records)
+        self.sealed_at_open = 0 if self._sealed else scan.count - 1 - scan.last_signed
         self._lock = threading.Lock()  # the state below, read from any thread
         self._write_lock = threading.Lock()  # appends: the event loop's, the fsync thread's seal
-        self.last_of_kind: dict[str, Record] = {r.kind: r for r in records}
-        self._digests = [r.digest for r in records[-KEEP_DIGESTS:]]
+        self.last_of_kind: dict[str, Record] = scan.last_of_kind
+        self._digests = list(scan.digests)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        if not records:
+        if last is None:
             self.append("genesis", {"peer_id": peer_id_bytes})
         elif not self._sealed:  # a killed process's unsigned tail: ours, checked, sealed now
             self.sync()
@@ -372,6 +463,10 @@ class Ledger:
 
     def read(self) -> list[Record]:
         return read_records(self.path)[0]
+
+    def iter(self) -> Iterator[Record]:
+        """The records on disk one at a time (a long ledger is never all in memory)."""
+        return iter_file(self.path)
 
     def append(self, kind: str, data: dict[str, Any], time_ms: int | None = None, *,
                fsync: bool = True, sign: bool = True) -> Record:

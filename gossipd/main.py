@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,19 +84,21 @@ def _build_trainer(cfg: config_mod.Config) -> object:
 def _open_provenance(cfg: config_mod.Config, seed: bytes, trainer: Any) -> Provenance:
     """Open (and repair) the ledger and record the data set it trains on, if new."""
     from gossipd.ledger import FILE_NAME as LEDGER_FILE
-    from gossipd.ledger import Ledger
     from gossipd.provenance import Provenance
     from protocol.crypto import peer_id_from_ed25519_public_key, public_key_from_seed
 
-    ledger = Ledger(cfg.node.state_dir / LEDGER_FILE, seed,
-                    peer_id_from_ed25519_public_key(public_key_from_seed(seed)))
+    t0 = time.monotonic()
+    provenance = Provenance.open(cfg.node.state_dir / LEDGER_FILE, seed,
+                                 peer_id_from_ed25519_public_key(public_key_from_seed(seed)))
+    ledger = provenance.ledger
+    log.info("ledger %s: %d records checked in %.1f s", ledger.path, len(ledger),
+             time.monotonic() - t0)
     if ledger.dropped_bytes:
         log.warning("ledger %s: dropped a torn last record (%d bytes) left by a crash",
                     ledger.path, ledger.dropped_bytes)
     if ledger.sealed_at_open:
         log.info("ledger %s: sealed %d records a crash left unsealed (checked, none lost)",
                  ledger.path, ledger.sealed_at_open)
-    provenance = Provenance(ledger)
     task = {k: v for k, v in config_mod.flatten(cfg).items() if k.startswith("train.")}
     provenance.record_data_sync(trainer.data_hash, trainer.data_samples, task)
     seq, head = ledger.head

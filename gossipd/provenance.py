@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -47,6 +48,15 @@ MAX_KEYS = 4096  # peer keys remembered (more members than that: the cache start
 FSYNC_INTERVAL_S = 0.25
 
 log = logging.getLogger("gossipd.provenance")
+
+
+def _remember(heads: dict[bytes, tuple[int, bytes]], me: bytes, body: ReceiptBody) -> None:
+    """Keep the newest head the peer of this receipt showed."""
+    peer, head = ((body.responder, body.responder_head) if body.initiator == me
+                  else (body.initiator, body.initiator_head))
+    known = heads.get(peer)
+    if known is None or head[0] > known[0]:  # concurrent exchanges finish in any order
+        heads[peer] = head
 
 
 class _Waiter:
@@ -70,7 +80,21 @@ class _Waiter:
 
 
 class Provenance:
-    def __init__(self, ledger: Ledger) -> None:
+    @classmethod
+    def open(cls, path: Path, seed: bytes, peer_id_bytes: bytes) -> Provenance:
+        """Open the ledger and learn the peers' heads from it in the same pass."""
+        heads: dict[bytes, tuple[int, bytes]] = {}
+
+        def see(rec: Record) -> None:
+            if rec.kind == "receipt":
+                _remember(heads, peer_id_bytes, ReceiptBody.from_bytes(rec.data["body"]))
+
+        return cls(Ledger(path, seed, peer_id_bytes, on_record=see), heads)
+
+    def __init__(self, ledger: Ledger,
+                 heads: dict[bytes, tuple[int, bytes]] | None = None) -> None:
+        """`heads`: the peers' heads as the ledger's receipts hold them, when the caller read
+        them already (`open`); else they are read here."""
         self.ledger = ledger
         self._limiter = trio.CapacityLimiter(1)  # lineage reads, one at a time
         self._cond = threading.Condition()
@@ -88,18 +112,14 @@ class Provenance:
         self.records_written = 0
         self._keys: dict[bytes, bytes] = {}
         # The last ledger head each peer showed us, as our own receipts recorded it.
-        self._heads: dict[bytes, tuple[int, bytes]] = {}
-        for rec in ledger.read():  # once, at start
-            if rec.kind == "receipt":
-                self._remember(ReceiptBody.from_bytes(rec.data["body"]))
+        self._heads: dict[bytes, tuple[int, bytes]] = {} if heads is None else heads
+        if heads is None:
+            for rec in ledger.iter():  # once, at start (streamed: never all in memory)
+                if rec.kind == "receipt":
+                    self._remember(ReceiptBody.from_bytes(rec.data["body"]))
 
     def _remember(self, body: ReceiptBody) -> None:
-        me = self.ledger.peer_id_bytes
-        peer, head = ((body.responder, body.responder_head) if body.initiator == me
-                      else (body.initiator, body.initiator_head))
-        known = self._heads.get(peer)
-        if known is None or head[0] > known[0]:  # concurrent exchanges finish in any order
-            self._heads[peer] = head
+        _remember(self._heads, self.ledger.peer_id_bytes, body)
 
     def peer_head(self, peer: bytes) -> tuple[int, bytes] | None:
         return self._heads.get(peer)
@@ -287,46 +307,66 @@ class Provenance:
                                              limiter=self._limiter)
 
     def _lineage(self, peer_names: dict[bytes, str], latest: int) -> dict[str, Any]:
-        records = self.ledger.read()
+        """One streaming pass over the ledger (memory flat however long it is). A `refused`
+        record follows its receipt, so an exchange listed as merged is corrected when one
+        comes."""
         me = self.ledger.peer_id_bytes
-        refused = {r.data.get("exchange_id") for r in records if r.kind == "refused"}
         not_merged: Counter[str] = Counter()
         contributions: Counter[str] = Counter()
         samples: Counter[str] = Counter()
-        exchanges: list[dict[str, Any]] = []
-        for rec in records:
-            if rec.kind != "receipt":
-                continue
-            body = ReceiptBody.from_bytes(rec.data["body"])
-            mine_initiator = body.initiator == me
-            other = body.responder if mine_initiator else body.initiator
-            name = peer_names.get(other, other.hex())
-            merged = body.exchange_id not in refused
-            if merged:
+        exchanges: deque[dict[str, Any]] = deque(maxlen=latest)
+        data: deque[dict[str, Any]] = deque(maxlen=5)
+        checkpoints: deque[dict[str, Any]] = deque(maxlen=5)
+        records = receipts = 0
+        since: int | None = None
+        pending: dict[bytes, tuple[str, int, dict[str, Any]]] = {}  # the newest receipts
+        for rec in self.ledger.iter():
+            records += 1
+            since = rec.time_ms if since is None else since
+            if rec.kind == "data":
+                data.append(rec.as_dict())
+            elif rec.kind == "checkpoint":
+                checkpoints.append(rec.as_dict())
+            elif rec.kind == "refused":
+                undo = pending.get(rec.data.get("exchange_id", b""))
+                if undo is not None and undo[2]["merged"]:
+                    name, n, entry = undo
+                    contributions[name] -= 1
+                    samples[name] -= n
+                    not_merged[name] += 1
+                    entry["merged"] = False
+            elif rec.kind == "receipt":
+                receipts += 1
+                body = ReceiptBody.from_bytes(rec.data["body"])
+                mine_initiator = body.initiator == me
+                other = body.responder if mine_initiator else body.initiator
+                name = peer_names.get(other, other.hex())
+                n = body.responder_samples if mine_initiator else body.initiator_samples
                 contributions[name] += 1
-                samples[name] += (body.responder_samples if mine_initiator
-                                  else body.initiator_samples)
-            else:
-                not_merged[name] += 1
-            exchanges.append({
-                "seq": rec.seq, "peer": name, "exchange_id": body.exchange_id.hex(),
-                "time_ms": body.time_ms,
-                "my_step": body.initiator_step if mine_initiator else body.responder_step,
-                "peer_step": body.responder_step if mine_initiator else body.initiator_step,
-                "role": "initiator" if mine_initiator else "responder",
-                "merged": merged,
-            })
+                samples[name] += n
+                entry = {
+                    "seq": rec.seq, "peer": name, "exchange_id": body.exchange_id.hex(),
+                    "time_ms": body.time_ms,
+                    "my_step": body.initiator_step if mine_initiator else body.responder_step,
+                    "peer_step": body.responder_step if mine_initiator else body.initiator_step,
+                    "role": "initiator" if mine_initiator else "responder",
+                    "merged": True,
+                }
+                exchanges.append(entry)
+                if len(pending) >= 64:  # its `refused` record comes right after it
+                    pending.pop(next(iter(pending)))
+                pending[body.exchange_id] = (name, n, entry)
         seq, head = self.ledger.head
         return {
             "ledger": str(self.ledger.path),
             "head": {"seq": seq, "hash": head.hex()},
-            "records": len(records),
-            "since_ms": records[0].time_ms if records else None,  # genesis: initialisation
-            "receipts": len(exchanges),
+            "records": records,
+            "since_ms": since,  # genesis: initialisation
+            "receipts": receipts,
             "contributors": [{"peer": p, "exchanges": n, "samples": samples[p]}
-                             for p, n in contributions.most_common()],
+                             for p, n in contributions.most_common() if n > 0],
             "not_merged": dict(not_merged),
-            "latest_exchanges": exchanges[-latest:],
-            "data": [r.as_dict() for r in records if r.kind == "data"][-5:],
-            "checkpoints": [r.as_dict() for r in records if r.kind == "checkpoint"][-5:],
+            "latest_exchanges": list(exchanges),
+            "data": list(data),
+            "checkpoints": list(checkpoints),
         }

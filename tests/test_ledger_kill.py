@@ -90,3 +90,24 @@ def test_a_tear_at_any_byte_of_the_last_record_loses_that_record_alone(tmp_path:
         assert read_records(path)[0][before[0]].hash == before[1]
         torn.close()
         assert [r.kind for r in verify_file(path)][-2:] == ["receipt", "seal"]
+
+
+def test_one_pass_open_learns_the_same_peer_heads(tmp_path: Path) -> None:
+    """Provenance.open reads the ledger once (the ledger's own scan hands it the receipts):
+    the peers' heads it learns are those a second pass finds, and the ledger keeps only the
+    newest digests and the last record of each kind."""
+    from gossipd.provenance import Provenance
+    from tests.ledger_writer import ID_B
+
+    path = tmp_path / "ledger.bin"
+    ledger = Ledger(path, SEED_A, ID_A)
+    for n in range(40):
+        ledger.append("receipt", receipt(n, ledger.head)[0], fsync=False, sign=False)
+    ledger.append("checkpoint", {"params_hash": bytes(32), "step": 40})
+    ledger.close()
+    one = Provenance.open(path, SEED_A, ID_A)
+    two = Provenance(Ledger(path, SEED_A, ID_A))
+    assert one.peer_head(ID_B) == two.peer_head(ID_B) == (39, b"\x22" * 32)
+    assert one.ledger.head == two.ledger.head and len(one.ledger) == 42  # + genesis
+    assert one.ledger.last_of_kind["checkpoint"].data["step"] == 40
+    assert one.ledger.digests_since(0) == [r.digest for r in read_records(path)[0][1:]]
