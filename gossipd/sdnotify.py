@@ -84,6 +84,11 @@ class Notifier:
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 
+    def extend_timeout(self, seconds: float, status: str) -> bool:
+        """Ask for `seconds` more than TimeoutStartSec= from now (systemd >= 236), while a
+        long start (a long ledger to check) is still making progress."""
+        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", f"STATUS={status}")
+
     def stopping(self, status: str = "stopping") -> bool:
         return self.notify("STOPPING=1", f"STATUS={status}")
 

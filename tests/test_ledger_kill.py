@@ -105,7 +105,9 @@ def test_one_pass_open_learns_the_same_peer_heads(tmp_path: Path) -> None:
         ledger.append("receipt", receipt(n, ledger.head)[0], fsync=False, sign=False)
     ledger.append("checkpoint", {"params_hash": bytes(32), "step": 40})
     ledger.close()
-    one = Provenance.open(path, SEED_A, ID_A)
+    heard: list[int] = []
+    one = Provenance.open(path, SEED_A, ID_A, progress=heard.append, every=10)
+    assert heard == [10, 20, 30, 40]  # records checked so far, while opening
     two = Provenance(Ledger(path, SEED_A, ID_A))
     assert one.peer_head(ID_B) == two.peer_head(ID_B) == (39, b"\x22" * 32)
     assert one.ledger.head == two.ledger.head and len(one.ledger) == 42  # + genesis

@@ -68,6 +68,13 @@ def test_sends_fields_as_one_datagram(listener: tuple[socket.socket, str]) -> No
     assert not n.enabled and not n.watchdog()
 
 
+def test_extend_timeout_asks_for_more_start_time(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    assert Notifier({"NOTIFY_SOCKET": path}).extend_timeout(60, "checking the ledger: 20000")
+    assert fields(sock.recv(4096)) == ["EXTEND_TIMEOUT_USEC=60000000",
+                                       "STATUS=checking the ledger: 20000"]
+
+
 def test_a_newline_in_a_value_cannot_inject_a_field(listener: tuple[socket.socket, str]) -> None:
     sock, path = listener
     Notifier({"NOTIFY_SOCKET": path}).status("bad\nREADY=1")
