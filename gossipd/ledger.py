@@ -170,10 +170,10 @@ def _decode_body(body: bytes, where: str) -> tuple[int, bytes, str, int, dict[st
     return seq, prev, str(kind), time_ms, data
 
 
-def iter_records(blob: bytes | mmap.mmap) -> Iterator[tuple[int, int, Record | None]]:
-    """(offset, end, record) for each whole record; (offset, end, None) where a damaged or
-    torn record starts (nothing after it is trusted)."""
-    pos = 0
+def iter_records(blob: bytes | mmap.mmap, pos: int = 0
+                 ) -> Iterator[tuple[int, int, Record | None]]:
+    """(offset, end, record) for each whole record from byte `pos` on; (offset, end, None)
+    where a damaged or torn record starts (nothing after it is trusted)."""
     while pos < len(blob):
         if pos + _LEN.size > len(blob):
             yield pos, len(blob), None
@@ -308,22 +308,69 @@ class _Scan:
     good: int = 0  # byte offset where the whole records end
     genesis: Record | None = None
     last: Record | None = None
+    last_offset: int = 0  # where the last record starts
     last_signed: int = -1  # index of the last signed record
     last_signed_record: Record | None = None
     last_of_kind: dict[str, Record] = field(default_factory=dict)
+    kind_offsets: dict[str, int] = field(default_factory=dict)
     digests: deque[bytes] = field(default_factory=lambda: deque(maxlen=KEEP_DIGESTS))
 
 
-def _scan(path: Path, on_record: Callable[[Record], None] | None = None) -> _Scan:
+@dataclass(frozen=True)
+class Resume:
+    """Where a ledger was whole, sealed and fsync'd when its index was written
+    (gossipd/ledger_index.py): a start checks only the records after it."""
+
+    size: int  # bytes up to and including the record below
+    offset: int  # where that record (the sealed head then) starts
+    seq: int
+    hash: bytes
+    digests: list[bytes]  # the newest body digests up to it
+    kinds: dict[str, tuple[int, bytes]]  # the last record of each kind: offset, hash
+
+
+def _record_at(blob: bytes | mmap.mmap, offset: int, want: bytes) -> tuple[Record, int] | None:
+    """The whole record at `offset` when its hash is `want`, and where it ends."""
+    for _o, end, rec in iter_records(blob, offset):
+        return (rec, end) if rec is not None and rec.hash == want else None
+    return None
+
+
+def _resumed(blob: bytes | mmap.mmap, r: Resume) -> _Scan | None:
+    """The scan state at an index's point, every record it names found as named; None when
+    the file does not match it (then the whole file is scanned)."""
+    if len(blob) < r.size:
+        return None
+    head = _record_at(blob, r.offset, r.hash)
+    genesis = next(iter_records(blob), (0, 0, None))[2]
+    if head is None or head[1] != r.size or head[0].seq != r.seq or not head[0].signed \
+            or genesis is None:
+        return None
+    scan = _Scan(count=r.seq + 1, good=r.size, genesis=genesis, last=head[0],
+                 last_offset=r.offset, last_signed=r.seq, last_signed_record=head[0])
+    for kind, (offset, want) in r.kinds.items():
+        found = _record_at(blob, offset, want)
+        if found is None or found[0].kind != kind:
+            return None
+        scan.last_of_kind[kind], scan.kind_offsets[kind] = found[0], offset
+    scan.digests.extend(r.digests[-KEEP_DIGESTS:])
+    return scan
+
+
+def _scan(path: Path, on_record: Callable[[Record], None] | None = None,
+          resume: Resume | None = None) -> tuple[_Scan, bool]:
     """One pass over a ledger file: links and sequence numbers checked as it goes (as
     `_check_links`), the last records of each kind and the newest digests kept, each whole
     record handed to `on_record`. A bad record followed by more bytes is damage (LedgerError);
-    a bad last record is a torn append (not handed on)."""
-    scan = _Scan()
-    prev = ZERO
+    a bad last record is a torn append (not handed on). With `resume`, and a file that matches
+    it, only the records after its point; returns whether it did that."""
     with _mapped(path) as blob:
+        scan = _resumed(blob, resume) if resume is not None else None
+        resumed = scan is not None
+        scan = scan if scan is not None else _Scan()
+        prev = scan.last.hash if scan.last is not None else ZERO
         size = len(blob)
-        for offset, end, rec in iter_records(blob):
+        for offset, end, rec in iter_records(blob, scan.good):
             if rec is None:
                 if end < size:
                     raise LedgerError(
@@ -341,12 +388,12 @@ def _scan(path: Path, on_record: Callable[[Record], None] | None = None) -> _Sca
                 scan.genesis = rec
             if rec.signed:
                 scan.last_signed, scan.last_signed_record = i, rec
-            scan.last_of_kind[rec.kind] = rec
+            scan.last_of_kind[rec.kind], scan.kind_offsets[rec.kind] = rec, offset
             scan.digests.append(rec.digest)
             if on_record is not None:
                 on_record(rec)
-            scan.last, scan.count, scan.good = rec, i + 1, end
-    return scan
+            scan.last, scan.last_offset, scan.count, scan.good = rec, offset, i + 1, end
+    return scan, resumed
 
 
 def _verify_own_scan(scan: _Scan, peer_id_bytes: bytes) -> None:
@@ -404,16 +451,19 @@ class Ledger:
     the event loop is running)."""
 
     def __init__(self, path: Path, seed: bytes, peer_id_bytes: bytes,
-                 on_record: Callable[[Record], None] | None = None) -> None:
+                 on_record: Callable[[Record], None] | None = None,
+                 resume: Resume | None = None) -> None:
         """Open (and repair) the ledger; `on_record` sees every whole record of the file as
-        it is read (one pass for whoever needs them too, e.g. Provenance.open)."""
+        it is read (one pass for whoever needs them too, e.g. Provenance.open). With `resume`
+        (the ledger's index) only the records after its point are read, when the file
+        matches it; `resumed` says whether it did."""
         self.path = path
         self.signer = Signer(seed)
         self.peer_id_bytes = peer_id_bytes
         if public_key_from_seed(seed) != ed25519_public_key_from_peer_id(peer_id_bytes):
             raise ValueError("ledger seed does not belong to the peer ID")
         size = path.stat().st_size if path.exists() else 0
-        scan = _scan(path, on_record)  # one streaming pass; no list of records is kept
+        scan, self.resumed = _scan(path, on_record, resume)  # streamed: no list of records
         good = scan.good
         self.dropped_bytes = size - good
         self._size = good
@@ -434,6 +484,9 @@ class Ledger:
         self._lock = threading.Lock()  # the state below, read from any thread
         self._write_lock = threading.Lock()  # appends: the event loop's, the fsync thread's seal
         self.last_of_kind: dict[str, Record] = scan.last_of_kind
+        self._kind_offsets = scan.kind_offsets
+        self._last_offset = scan.last_offset
+        self.checked_at_open = scan.count - (resume.seq + 1 if self.resumed and resume else 0)
         self._digests = list(scan.digests)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if last is None:
@@ -487,6 +540,7 @@ class Ledger:
         raw, rec = encode_record(self.signer if sign else None, seq, prev, kind, now, data)
         os.write(self._fd, raw)
         with self._lock:
+            self._kind_offsets[kind] = self._last_offset = self._size
             self._size += len(raw)
             self._head = (rec.seq, rec.hash)
             self._sealed = sign
@@ -533,6 +587,18 @@ class Ledger:
             if start < first_kept or upto - start + 1 > KEEP_DIGESTS:
                 return None
             return self._digests[start - first_kept : upto - first_kept + 1]
+
+    def resume_point(self) -> Resume | None:
+        """Where the ledger is whole, sealed and fsync'd now, for its index; None while
+        records written since the last fsync are not (take it after `sync` or `close`)."""
+        with self._lock:
+            if self._durable != self._head or not self._sealed:
+                return None
+            keep = len(self._digests) if len(self._digests) < KEEP_DIGESTS else KEEP_DIGESTS
+            return Resume(self._size, self._last_offset, self._head[0], self._head[1],
+                          self._digests[-keep:],
+                          {k: (self._kind_offsets[k], r.hash)
+                           for k, r in self.last_of_kind.items()})
 
     @property
     def size_bytes(self) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 import trio
 
 from gossipd.ledger import Ledger, Record
+from gossipd.ledger_index import read_index, write_index
 from protocol.crypto import ed25519_public_key_from_peer_id
 from protocol.receipt import ReceiptBody
 
@@ -89,15 +90,27 @@ class Provenance:
         """Open the ledger and learn the peers' heads from it in the same pass; `progress`
         hears the number of records checked every `every` records (a long ledger takes a
         while: ~40 us a record here)."""
+        index = read_index(path)  # where the last start or clean stop left it, if it matches
         heads: dict[bytes, tuple[int, bytes]] = {}
+        checked = 0
 
         def see(rec: Record) -> None:
+            nonlocal checked
             if rec.kind == "receipt":
                 _remember(heads, peer_id_bytes, ReceiptBody.from_bytes(rec.data["body"]))
-            if progress is not None and (rec.seq + 1) % every == 0:
-                progress(rec.seq + 1)
+            checked += 1
+            if progress is not None and checked % every == 0:
+                progress(checked)
 
-        return cls(Ledger(path, seed, peer_id_bytes, on_record=see), heads)
+        ledger = Ledger(path, seed, peer_id_bytes, on_record=see,
+                        resume=index[0] if index is not None else None)
+        if index is not None and ledger.resumed:  # the heads of the records not read
+            for peer, head in index[1].items():
+                if peer not in heads or heads[peer][0] < head[0]:
+                    heads[peer] = head
+        prov = cls(ledger, heads)
+        write_index(ledger, prov.heads_snapshot())  # the next start begins here
+        return prov
 
     def __init__(self, ledger: Ledger,
                  heads: dict[bytes, tuple[int, bytes]] | None = None) -> None:
@@ -131,6 +144,9 @@ class Provenance:
 
     def peer_head(self, peer: bytes) -> tuple[int, bytes] | None:
         return self._heads.get(peer)
+
+    def heads_snapshot(self) -> dict[bytes, tuple[int, bytes]]:
+        return dict(self._heads)
 
     def peer_key(self, peer: bytes) -> bytes:
         """The Ed25519 key in a peer ID, checked once per peer (the point check costs as much
@@ -290,6 +306,7 @@ class Provenance:
         if thread is not None:
             thread.join(timeout)
         self.ledger.close()
+        write_index(self.ledger, self.heads_snapshot())  # the next start begins here
 
     async def sealed_extent(self) -> dict[str, Any]:
         """Seal and fsync everything written, then where a whole, sealed copy of the ledger
