@@ -36,8 +36,11 @@ Rules:
   its signature signs the records before it).
 - File I/O: the daemon appends on the event loop (one small write, no fsync: ~10-30
   microseconds unsigned) and seals and fsyncs from a worker thread (gossipd/provenance.py);
-  reads happen at start and for `gossipctl provenance`. Appends (the loop's, the thread's
-  seal) take the write lock; the state both read (heads, digests) is guarded by a lock.
+  reads happen at start and for `gossipctl provenance`, streamed over a memory map (never a
+  list of every record). A start reads only the records after the point its index names
+  (`Resume`, gossipd/ledger_index.py) when the file matches it, else all. Appends (the loop's,
+  the thread's seal) take the write lock; the state both read (heads, digests) is guarded by
+  a lock.
 - Bytes per exchange: one receipt record (~660 bytes: a fixed-size receipt body and two
   signatures), plus at most ~390 for a `refused` record (reason cut at 200 characters) when
   the peer's vector was not merged, plus at most one seal (182 bytes), and seals come at most
