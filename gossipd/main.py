@@ -100,8 +100,9 @@ def _open_provenance(cfg: config_mod.Config, seed: bytes, trainer: Any,
                                  peer_id_from_ed25519_public_key(public_key_from_seed(seed)),
                                  progress=progress)
     ledger = provenance.ledger
-    log.info("ledger %s: %d records checked in %.1f s", ledger.path, len(ledger),
-             time.monotonic() - t0)
+    log.info("ledger %s: %d records, %d read and checked in %.2f s%s", ledger.path,
+             len(ledger), ledger.checked_at_open, time.monotonic() - t0,
+             " (those before covered by its index, ledger.idx)" if ledger.resumed else "")
     if ledger.dropped_bytes:
         log.warning("ledger %s: dropped a torn last record (%d bytes) left by a crash",
                     ledger.path, ledger.dropped_bytes)
