@@ -151,12 +151,12 @@ def lineage(ledgers: Sequence[Audited]) -> dict[bytes, dict[bytes, tuple[int, in
     return {lg.owner: reached.get(lg.owner, {}) for lg in ledgers}
 
 
-def merged_from(ledger: Audited) -> dict[bytes, int]:
-    """How many of each peer's vectors this ledger's owner merged (its own receipts, less
-    those it refused)."""
+def merged_from(ledger: Audited, since_ms: int = 0) -> dict[bytes, int]:
+    """How many of each peer's vectors this ledger's owner merged (its own receipts of
+    exchanges from `since_ms` on, less those it refused)."""
     counts: dict[bytes, int] = {}
     for xid, (body, _data) in ledger.receipts.items():
-        if xid not in ledger.refused:
+        if xid not in ledger.refused and body.time_ms >= since_ms:
             peer = body.responder if body.initiator == ledger.owner else body.initiator
             counts[peer] = counts.get(peer, 0) + 1
     return counts

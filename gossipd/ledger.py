@@ -216,13 +216,18 @@ def _owner_key(records: list[Record], peer_id_bytes: bytes | None) -> bytes:
         raise LedgerError(f"genesis names an unusable peer ID: {exc}") from None
 
 
+def _check_link(i: int, rec: Record, prev: bytes) -> None:
+    """Record i must carry sequence number i and link to the hash before it."""
+    if rec.seq != i:
+        raise LedgerError(f"record {i}: sequence number {rec.seq} (removed or reordered)")
+    if rec.prev != prev:
+        raise LedgerError(f"record {i}: does not link to record {i - 1}")
+
+
 def _check_links(records: list[Record]) -> None:
     prev = ZERO
     for i, rec in enumerate(records):
-        if rec.seq != i:
-            raise LedgerError(f"record {i}: sequence number {rec.seq} (removed or reordered)")
-        if rec.prev != prev:
-            raise LedgerError(f"record {i}: does not link to record {i - 1}")
+        _check_link(i, rec, prev)
         prev = rec.hash
 
 
@@ -265,21 +270,6 @@ def verify_records(records: list[Record], peer_id_bytes: bytes | None = None) ->
                 verify_receipt(rec.data)
             except ProtocolError as exc:
                 raise LedgerError(f"record {i}: receipt does not verify: {exc}") from None
-
-
-def verify_own(records: list[Record], peer_id_bytes: bytes) -> None:
-    """What a node checks of its own ledger at start: every link, and the signature of the
-    last signed record. Its hash commits to every record before it, so a record changed
-    without the key breaks a link or that signature; re-checking every signature (and receipt,
-    checked when it was received) would make a start cost grow with the ledger. Unsigned
-    records after it (a killed process's tail) are the node's to seal."""
-    key = _owner_key(records, peer_id_bytes)
-    _check_links(records)
-    last = _last_signed(records)
-    try:
-        verify(key, records[last].hash, records[last].sig)
-    except AuthenticationError:
-        raise LedgerError(f"record {last}: bad signature") from None
 
 
 @contextmanager
@@ -363,7 +353,7 @@ def _resumed(blob: bytes | mmap.mmap, r: Resume) -> _Scan | None:
 def _scan(path: Path, on_record: Callable[[Record], None] | None = None,
           resume: Resume | None = None) -> tuple[_Scan, bool]:
     """One pass over a ledger file: links and sequence numbers checked as it goes (as
-    `_check_links`), the last records of each kind and the newest digests kept, each whole
+    `_check_link`), the last records of each kind and the newest digests kept, each whole
     record handed to `on_record`. A bad record followed by more bytes is damage (LedgerError);
     a bad last record is a torn append (not handed on). With `resume`, and a file that matches
     it, only the records after its point; returns whether it did that."""
@@ -382,10 +372,7 @@ def _scan(path: Path, on_record: Callable[[Record], None] | None = None,
                         f"provenance verify) and move it aside to start a new ledger")
                 break
             i = scan.count
-            if rec.seq != i:
-                raise LedgerError(f"record {i}: sequence number {rec.seq} (removed or reordered)")
-            if rec.prev != prev:
-                raise LedgerError(f"record {i}: does not link to record {i - 1}")
+            _check_link(i, rec, prev)
             prev = rec.hash
             if i == 0:
                 scan.genesis = rec
@@ -399,8 +386,13 @@ def _scan(path: Path, on_record: Callable[[Record], None] | None = None,
     return scan, resumed
 
 
-def _verify_own_scan(scan: _Scan, peer_id_bytes: bytes) -> None:
-    """`verify_own` on a streamed scan (links already checked by `_scan`)."""
+def _verify_own(scan: _Scan, peer_id_bytes: bytes) -> None:
+    """What a node checks of its own ledger at start, after `_scan` checked the links of the
+    records it read: genesis names this node, and the last signed record's signature holds.
+    Its hash commits to every record before it, so a record changed without the key breaks a
+    link or that signature; re-checking every signature (and receipt, checked when it was
+    received) would make a start cost grow with the ledger. Unsigned records after it (a
+    killed process's tail) are the node's to seal."""
     assert scan.genesis is not None
     key = _owner_key([scan.genesis], peer_id_bytes)
     rec = scan.last_signed_record
@@ -476,7 +468,7 @@ class Ledger:
                 f.flush()
                 os.fsync(f.fileno())
         if scan.last is not None:
-            _verify_own_scan(scan, peer_id_bytes)
+            _verify_own(scan, peer_id_bytes)
         last = scan.last
         self._head = (last.seq, last.hash) if last is not None else (-1, ZERO)
         self._durable = self._head
@@ -597,9 +589,8 @@ class Ledger:
         with self._lock:
             if self._durable != self._head or not self._sealed:
                 return None
-            keep = len(self._digests) if len(self._digests) < KEEP_DIGESTS else KEEP_DIGESTS
             return Resume(self._size, self._last_offset, self._head[0], self._head[1],
-                          self._digests[-keep:],
+                          self._digests[-KEEP_DIGESTS:],
                           {k: (self._kind_offsets[k], r.hash)
                            for k, r in self.last_of_kind.items()})
 

@@ -92,10 +92,10 @@ def _open_provenance(cfg: config_mod.Config, seed: bytes, trainer: Any,
     from gossipd.provenance import Provenance
     from protocol.crypto import peer_id_from_ed25519_public_key, public_key_from_seed
 
-    t0 = time.monotonic()
     def progress(records: int) -> None:
         notifier.extend_timeout(LEDGER_CHECK_EXTEND_S, f"checking the ledger: {records} records")
 
+    t0 = time.monotonic()
     provenance = Provenance.open(cfg.node.state_dir / LEDGER_FILE, seed,
                                  peer_id_from_ed25519_public_key(public_key_from_seed(seed)),
                                  progress=progress)

@@ -57,6 +57,11 @@ def _remember(heads: dict[bytes, tuple[int, bytes]], me: bytes, body: ReceiptBod
     """Keep the newest head the peer of this receipt showed."""
     peer, head = ((body.responder, body.responder_head) if body.initiator == me
                   else (body.initiator, body.initiator_head))
+    _keep_newest(heads, peer, head)
+
+
+def _keep_newest(heads: dict[bytes, tuple[int, bytes]], peer: bytes,
+                 head: tuple[int, bytes]) -> None:
     known = heads.get(peer)
     if known is None or head[0] > known[0]:  # concurrent exchanges finish in any order
         heads[peer] = head
@@ -106,8 +111,7 @@ class Provenance:
                         resume=index[0] if index is not None else None)
         if index is not None and ledger.resumed:  # the heads of the records not read
             for peer, head in index[1].items():
-                if peer not in heads or heads[peer][0] < head[0]:
-                    heads[peer] = head
+                _keep_newest(heads, peer, head)
         prov = cls(ledger, heads)
         write_index(ledger, prov.heads_snapshot())  # the next start begins here
         return prov

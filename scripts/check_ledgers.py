@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gossipd.audit import Audited, merged_from  # noqa: E402
 from gossipd.ledger import LedgerError, Record, iter_records, verify_records  # noqa: E402
 from protocol.receipt import ReceiptBody  # noqa: E402
 
@@ -47,7 +48,7 @@ def check(out: Path, names: set[str] | None = None, since_ms: int = 0) -> dict[s
     the receipts of exchanges started at or after `since_ms` (a testnet run's own, in
     directories a run before it used too)."""
     nodes: dict[str, Any] = {}
-    by_exchange: dict[bytes, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    by_exchange: dict[bytes, list[tuple[str, ReceiptBody, dict[str, Any]]]] = defaultdict(list)
     owners: dict[bytes, str] = {}
     for path in sorted(out.glob("node*/state/ledger.bin")):
         name = path.parent.parent.name
@@ -55,7 +56,8 @@ def check(out: Path, names: set[str] | None = None, since_ms: int = 0) -> dict[s
             continue
         records, torn = read(path)
         row: dict[str, Any] = {"records": len(records), "bytes": path.stat().st_size,
-                               "torn_bytes": torn, "unsealed": 0, "ok": True, "error": None}
+                               "torn_bytes": torn, "unsealed": 0, "ok": True, "error": None,
+                               "receipts": 0, "merged_from": {}}
         signed = [i for i, r in enumerate(records) if r.signed]
         if signed:
             row["unsealed"] = len(records) - 1 - signed[-1]
@@ -63,33 +65,27 @@ def check(out: Path, names: set[str] | None = None, since_ms: int = 0) -> dict[s
             verify_records(records[: len(records) - row["unsealed"]])
         except LedgerError as exc:
             row.update(ok=False, error=str(exc))
-        receipts = [r for r in records if r.kind == "receipt"]
-        row["receipts"] = len(receipts)
         row["bytes_per_record"] = round(row["bytes"] / max(1, len(records)), 1)
         if records:
-            owners[records[0].data["peer_id"]] = name
-        refused = {r.data.get("exchange_id") for r in records if r.kind == "refused"}
-        merged_from: Counter[bytes] = Counter()
-        for r in receipts:
-            body = ReceiptBody.from_bytes(r.data["body"])
-            if body.time_ms >= since_ms:
-                by_exchange[body.exchange_id].append((name, r.data))
-                if body.exchange_id not in refused:
-                    mine = records[0].data["peer_id"]
-                    merged_from[body.responder if body.initiator == mine else body.initiator] += 1
-        row["merged_from"] = merged_from
+            ledger = Audited(name, records)  # its receipts parsed, its refused records
+            owners[ledger.owner] = name
+            row["receipts"] = len(ledger.receipts)
+            row["merged_from"] = merged_from(ledger, since_ms)
+            for xid, (body, data) in ledger.receipts.items():
+                if body.time_ms >= since_ms:
+                    by_exchange[xid].append((name, body, data))
         nodes[name] = row
     for row in nodes.values():  # peers by node name now that every owner is known
         row["merged_from"] = {owners.get(p, p.hex()): n for p, n in row["merged_from"].items()}
     matched, unmatched, outside = 0, [], 0
     for xid, holders in by_exchange.items():
-        body = ReceiptBody.from_bytes(holders[0][1]["body"])
+        body = holders[0][1]
         expected = {owners.get(body.initiator, "?"), owners.get(body.responder, "?")}
         if "?" in expected and len(holders) == 1:  # with a peer whose ledger is not here
             outside += 1
             continue
-        found_on = {n for n, _ in holders}
-        same = all(d == holders[0][1] for _, d in holders)
+        found_on = {n for n, _b, _d in holders}
+        same = all(d == holders[0][2] for _n, _b, d in holders)
         if found_on == expected and len(holders) == 2 and same:
             matched += 1
         else:
